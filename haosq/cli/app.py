@@ -1,0 +1,86 @@
+"""The root `haosq` app and the entry point that turns errors into exit codes.
+
+Exit codes: 0 ok; 2 user error (one line on stderr); 1 internal error.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer._click import exceptions as click_errors  # typer vendors click from 0.29 on
+
+from haosq.cli import db as db_commands
+from haosq.cli import jobs as job_commands
+from haosq.cli.common import state
+from haosq.errors import HaosqError
+
+app = typer.Typer(
+    name="haosq",
+    help="haosq: a background job queue on PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="PostgreSQL URL (default: HAOSQ_DATABASE_URL, "
+                     "DATABASE_URL, else the embedded server)", show_default=False),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML config file (default: HAOSQ_CONFIG, "
+                     "~/.config/haosq/haosq.toml, /etc/haosq/haosq.toml)", show_default=False),
+    ] = None,
+) -> None:
+    current = state(ctx)
+    current.database_url = database_url
+    current.config_file = config
+    ctx.call_on_close(current.close)
+
+
+job_commands.register(app)
+db_commands.register(app)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def fail(message: str, code: int = 2) -> None:
+    sys.stderr.write(_one_line(message) + "\n")
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        result = command.main(args=args, prog_name="haosq", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        sys.stdout.write(exc.ctx.get_help() + "\n" if exc.ctx else "")
+        sys.exit(0)
+    except click_errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "haosq"
+        fail(f"{where}: {exc.format_message()} (see '{where} --help')")
+    except (typer.Abort, KeyboardInterrupt):
+        fail("haosq: aborted", 130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        fail(f"haosq: {exc.format_message()}")
+    except HaosqError as exc:
+        fail(f"haosq: error: {exc}")
+    except Exception as exc:
+        traceback.print_exc()
+        fail(f"haosq: internal error: {exc}", 1)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,246 @@
+"""Settings: built-in defaults < TOML file < environment < CLI flags.
+
+Every value remembers where it came from, so that `haosq config show` can say so.
+The primary environment names are `HAOSQ_*`; the seed's names (`DATABASE_URL`,
+`JOB_QUEUE_*`) keep working, with the `HAOSQ_*` name winning when both are set.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import platformdirs
+
+from haosq.errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/haosq/haosq.toml")
+
+
+def _positive_int(value: Any) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _type_list(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its key in the TOML file, its environment names and how to parse it."""
+
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    env: tuple[str, ...] = ()
+    secret: bool = False
+    help: str = ""
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("database_url", _text, None, ("HAOSQ_DATABASE_URL", "DATABASE_URL"), secret=True,
+           help="PostgreSQL URL; unset means the embedded server"),
+    Option("data_dir", _text, None, ("HAOSQ_DATA_DIR",),
+           help="where the embedded PostgreSQL keeps its data"),
+    Option("pool_max_size", _positive_int, 10, ("HAOSQ_POOL_MAX_SIZE",),
+           help="connections per producer process (the daemon sizes its own pool)"),
+    Option("max_payload_bytes", _positive_int, 1024 * 1024, ("HAOSQ_MAX_PAYLOAD_BYTES",),
+           help="largest accepted JSON payload"),
+    Option("worker.concurrency", _positive_int, 1,
+           ("HAOSQ_CONCURRENCY", "JOB_QUEUE_DEFAULT_CONCURRENCY"), help="worker threads"),
+    Option("worker.types", _type_list, (), ("HAOSQ_TYPES",),
+           help="job families or types this worker runs; empty means all"),
+    Option("worker.poll_interval_ms", _positive_int, 1000,
+           ("HAOSQ_POLL_INTERVAL", "JOB_QUEUE_POLL_INTERVAL"), help="fallback polling period"),
+    Option("worker.heartbeat_interval_ms", _positive_int, 30000,
+           ("HAOSQ_HEARTBEAT_INTERVAL", "JOB_QUEUE_HEARTBEAT_INTERVAL"),
+           help="how often a worker proves it is alive"),
+    Option("worker.stale_after_heartbeats", _positive_int, 2, ("HAOSQ_STALE_AFTER_HEARTBEATS",),
+           help="missed heartbeats after which a worker's jobs are rescued"),
+    Option("worker.max_attempts", _positive_int, 3,
+           ("HAOSQ_MAX_ATTEMPTS", "JOB_QUEUE_MAX_ATTEMPTS"),
+           help="attempts for jobs that do not set their own"),
+    Option("worker.backoff_base_seconds", _non_negative_float, 2.0, ("HAOSQ_BACKOFF_BASE",),
+           help="first retry delay; doubles per attempt"),
+    Option("worker.backoff_cap_seconds", _non_negative_float, 3600.0, ("HAOSQ_BACKOFF_CAP",),
+           help="longest retry delay"),
+    Option("worker.shutdown_timeout_seconds", _non_negative_float, 30.0,
+           ("HAOSQ_SHUTDOWN_TIMEOUT",), help="time running jobs get to finish on SIGTERM"),
+    Option("worker.listen", _flag, True, ("HAOSQ_LISTEN",),
+           help="wake on LISTEN/NOTIFY (false for PgBouncer transaction pooling)"),
+    Option("worker.id", _text, None, ("HAOSQ_WORKER_ID",), help="defaults to hostname-pid"),
+    Option("log_level", _text, "info", ("HAOSQ_LOG_LEVEL",), help="debug, info, warning, error"),
+)
+
+_BY_KEY = {option.key: option for option in OPTIONS}
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def default_data_dir() -> Path:
+    """Root keeps the embedded server in /var/lib so that no home directory gets opened up;
+    everyone else uses their own data directory."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/haosq")
+    return Path(platformdirs.user_data_dir("haosq"))
+
+
+def config_file_candidates(env: Mapping[str, str]) -> list[Path]:
+    if env.get("HAOSQ_CONFIG"):
+        return [Path(env["HAOSQ_CONFIG"])]
+    return [Path(platformdirs.user_config_dir("haosq")) / "haosq.toml", SYSTEM_CONFIG]
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and path not in _BY_KEY:
+            flat.update(_flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+# Sections whose contents belong to other parts of haosq (handlers, schedules, groups):
+# kept as they are and validated by their owners.
+OPEN_SECTIONS = ("handlers", "schedules", "groups", "maintenance", "metrics", "webhooks")
+
+
+@dataclass
+class Settings:
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    sections: dict[str, Any] = field(default_factory=dict)
+    config_file: Path | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    @property
+    def database_url(self) -> str | None:
+        return self.values["database_url"]
+
+    @property
+    def data_dir(self) -> Path:
+        configured = self.values["data_dir"]
+        return Path(configured) if configured else default_data_dir()
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with CLI flags applied (None means "not given")."""
+        values = dict(self.values)
+        sources = dict(self.sources)
+        for key, raw in overrides.items():
+            if raw is None:
+                continue
+            dotted = key if key in _BY_KEY else key.replace("__", ".")
+            option = _BY_KEY.get(dotted)
+            if option is None:
+                raise ConfigError(f"unknown setting {dotted!r}")
+            values[dotted] = _parse(option, raw, "command line")
+            sources[dotted] = "command line"
+        return Settings(values, sources, self.sections, self.config_file)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(key, shown value, source) rows, secrets masked."""
+        rows = []
+        for option in OPTIONS:
+            value = self.values[option.key]
+            if value is not None and option.secret:
+                shown = mask_url(str(value))
+            else:
+                shown = ",".join(value) if isinstance(value, tuple) else repr(value)
+            rows.append((option.key, shown, self.sources[option.key]))
+        return rows
+
+
+def _parse(option: Option, raw: Any, where: str) -> Any:
+    try:
+        return option.parse(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {option.key} = {raw!r} is invalid: {exc}") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
+    """Read the settings from the first config file found and the environment."""
+    env = os.environ if env is None else env
+    values = {option.key: option.default for option in OPTIONS}
+    sources = {option.key: "default" for option in OPTIONS}
+    sections: dict[str, Any] = {}
+
+    candidates = [config_file] if config_file else config_file_candidates(env)
+    found = next((path for path in candidates if path.is_file()), None)
+    if config_file and found is None:
+        raise ConfigError(f"config file {config_file} does not exist")
+    if found is not None:
+        try:
+            document = tomllib.loads(found.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {found}: {exc}") from None
+        for section in OPEN_SECTIONS:
+            if section in document:
+                sections[section] = document.pop(section)
+        for key, raw in _flatten(document).items():
+            option = _BY_KEY.get(key)
+            if option is None:
+                raise ConfigError(f"{found}: unknown key {key!r}")
+            values[key] = _parse(option, raw, str(found))
+            sources[key] = str(found)
+
+    for option in OPTIONS:
+        # The first name is the primary one; it wins over the seed's names.
+        for name in option.env:
+            if env.get(name) not in (None, ""):
+                values[option.key] = _parse(option, env[name], f"environment {name}")
+                sources[option.key] = f"env {name}"
+                break
+    return Settings(values, sources, sections, found)

@@ -1,0 +1,1 @@
+"""The worker daemon: claim loop, execution, scheduler and process lifecycle."""

@@ -1,0 +1,1 @@
+"""Job handlers: the registry and the built-in job types."""

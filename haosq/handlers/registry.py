@@ -1,0 +1,250 @@
+"""Handler registration, lookup and discovery.
+
+    import haosq
+
+    @haosq.handler("my:process-data")
+    def process(payload: dict, ctx: haosq.JobContext) -> dict:
+        ctx.log.info("processing", rows=len(payload["rows"]))
+        return {"success": True}
+
+A handler takes the payload, and optionally a `JobContext`. Its return value (JSON) becomes
+the job's result. Raise `haosq.Retry(after=...)` to retry later, `haosq.PermanentError` to
+fail at once; any other exception is retried with backoff until attempts run out.
+
+Handlers are found through the `haosq.handlers` entry-point group (each entry point names a
+module to import, or a callable to call) and through `haosq worker --import MODULE`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import Any, Literal, Protocol
+
+from haosq.errors import ConfigError, UnknownJobType
+from haosq.models import Job
+
+ENTRY_POINT_GROUP = "haosq.handlers"
+Executor = Literal["thread", "process"]
+LEVELS = ("debug", "info", "warn", "error")
+
+
+class LogSink(Protocol):
+    """Where job logs go; the daemon batches them into job_logs."""
+
+    def write(self, job_id: int, attempt: int, level: str, message: str,
+              metadata: dict[str, Any] | None) -> None: ...
+
+
+class JobLogger:
+    """A job's logger: every line lands in job_logs, tied to the job and the attempt."""
+
+    def __init__(self, sink: LogSink, job_id: int, attempt: int) -> None:
+        self._sink = sink
+        self._job_id = job_id
+        self._attempt = attempt
+
+    def log(self, level: str, message: str, **metadata: Any) -> None:
+        if level not in LEVELS:
+            raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}")
+        self._sink.write(self._job_id, self._attempt, level, str(message), metadata or None)
+
+    def debug(self, message: str, **metadata: Any) -> None:
+        self.log("debug", message, **metadata)
+
+    def info(self, message: str, **metadata: Any) -> None:
+        self.log("info", message, **metadata)
+
+    def warn(self, message: str, **metadata: Any) -> None:
+        self.log("warn", message, **metadata)
+
+    warning = warn
+
+    def error(self, message: str, **metadata: Any) -> None:
+        self.log("error", message, **metadata)
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A job to enqueue in the same transaction that records this job's success."""
+
+    type: str
+    payload: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobContext:
+    """What a handler gets besides its payload."""
+
+    job: Job
+    log: JobLogger
+    attempt: int
+    cancelled: threading.Event
+    deadline: datetime | None = None
+    followups: list[FollowUp] = field(default_factory=list)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.job.payload
+
+    @property
+    def job_id(self) -> int:
+        return self.job.id
+
+    def enqueue_on_success(self, job_type: str, payload: dict[str, Any], **options: Any) -> None:
+        """Add a follow-up job, enqueued atomically with this job's completion."""
+        self.followups.append(FollowUp(job_type, payload, options))
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    type: str
+    function: Callable[..., Any]
+    executor: Executor = "thread"
+    timeout: float | None = None
+    max_attempts: int | None = None
+    wants_context: bool = False
+    description: str = ""
+
+    def call(self, payload: dict[str, Any], context: JobContext) -> Any:
+        if self.wants_context:
+            return self.function(payload, context)
+        return self.function(payload)
+
+
+def _wants_context(function: Callable[..., Any]) -> bool:
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+class Registry:
+    """Job type -> handler. One per process (`REGISTRY`), others for tests."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, HandlerSpec] = {}
+        self._lock = threading.Lock()
+
+    def register(
+        self,
+        job_type: str,
+        function: Callable[..., Any],
+        *,
+        executor: Executor = "thread",
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        replace: bool = False,
+    ) -> HandlerSpec:
+        from haosq.queue import validate_type  # the one definition of a valid type
+
+        validate_type(job_type)
+        if executor not in ("thread", "process"):
+            raise ConfigError(f"unknown executor {executor!r} for {job_type}: use thread or process")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"timeout for {job_type} must be positive")
+        spec = HandlerSpec(
+            type=job_type,
+            function=function,
+            executor=executor,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            wants_context=_wants_context(function),
+            description=(inspect.getdoc(function) or "").split("\n", 1)[0],
+        )
+        with self._lock:
+            existing = self._handlers.get(job_type)
+            if existing and existing.function is not function and not replace:
+                raise ConfigError(
+                    f"two handlers for {job_type}: {_name(existing.function)} and {_name(function)}"
+                )
+            self._handlers[job_type] = spec
+        return spec
+
+    def handler(
+        self,
+        job_type: str,
+        *,
+        executor: Executor = "thread",
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+            self.register(job_type, function, executor=executor, timeout=timeout,
+                          max_attempts=max_attempts)
+            return function
+
+        return decorate
+
+    def get(self, job_type: str) -> HandlerSpec:
+        spec = self._handlers.get(job_type)
+        if spec is None:
+            raise UnknownJobType(
+                f"no handler is registered for job type {job_type!r} in this worker "
+                "(register one with @haosq.handler, or load its module with --import)"
+            )
+        return spec
+
+    def find(self, job_type: str) -> HandlerSpec | None:
+        return self._handlers.get(job_type)
+
+    def types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def matching(self, selectors: Iterable[str]) -> list[str]:
+        """Registered types selected by families (`email`) and exact types (`file:virus-scan`)."""
+        wanted = list(selectors)
+        return [t for t in self.types() if not wanted or type_selected(t, wanted)]
+
+
+def type_selected(job_type: str, selectors: Iterable[str]) -> bool:
+    family = job_type.split(":", 1)[0]
+    return any(s in (job_type, family) for s in selectors)
+
+
+def _name(function: Callable[..., Any]) -> str:
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)}"
+
+
+REGISTRY = Registry()
+handler = REGISTRY.handler
+
+BUILTIN_MODULES: tuple[str, ...] = ("haosq.handlers.demo",)
+
+
+def load_builtin_handlers() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def load_entry_points() -> list[str]:
+    """Import every `haosq.handlers` entry point; returns their names."""
+    loaded = []
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            target = entry.load()
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot load handler entry point {entry.name!r} ({entry.value}): {exc}"
+            ) from None
+        if callable(target) and not inspect.ismodule(target):
+            target()
+        loaded.append(entry.name)
+    return loaded
+
+
+def import_modules(names: Iterable[str]) -> None:
+    """`--import MODULE`: import modules that register handlers."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import handler module {name!r}: {exc}") from None

@@ -1,0 +1,400 @@
+"""JobQueue: the producer and operator API.
+
+    from haosq import JobQueue
+    queue = JobQueue()                         # settings from the environment / config file
+    job = queue.add("email:send", {"to": "user@example.com", "subject": "Welcome!"})
+
+Inside your own transaction (nothing is enqueued if it rolls back):
+
+    with psycopg.connect(url) as conn:
+        queue.add("email:send", {...}, conn=conn)
+
+Naive `scheduled_at` datetimes are taken as UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from haosq.clock import Clock, SystemClock
+from haosq.config import Settings, load_settings
+from haosq.db.connection import Database
+from haosq.db.queries import jobs as job_sql
+from haosq.db.queries import stats as stats_sql
+from haosq.db.queries import workers as worker_sql
+from haosq.errors import InvalidJob, InvalidTransition, JobNotFound
+from haosq.models import Job, JobLog, JobStatus, QueueStats, Worker
+
+TYPE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*:[a-z0-9][a-z0-9_.-]*")
+PRIORITY_RANGE = (-1000, 1000)
+MAX_TAG_LENGTH = 100
+MAX_TAGS = 50
+# A NUL character (\u0000 not preceded by an escaping backslash): PostgreSQL's jsonb refuses it.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def validate_type(job_type: object) -> str:
+    if not isinstance(job_type, str) or not TYPE_PATTERN.fullmatch(job_type):
+        raise InvalidJob(
+            f"invalid job type {job_type!r}: expected family:action in lowercase letters, "
+            "digits, '-', '_' or '.' (e.g. email:send)"
+        )
+    return job_type
+
+
+def serialise_payload(payload: object, max_bytes: int) -> str:
+    if not isinstance(payload, Mapping):
+        raise InvalidJob(f"invalid payload: expected a JSON object, got {type(payload).__name__}")
+    try:
+        text = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidJob(f"invalid payload: not JSON-serialisable ({exc})") from None
+    if _JSON_NUL.search(text):
+        raise InvalidJob("invalid payload: strings must not contain NUL (\\u0000) characters")
+    size = len(text.encode())
+    if size > max_bytes:
+        raise InvalidJob(
+            f"invalid payload: {size} bytes is over the limit of {max_bytes} bytes "
+            "(store large data elsewhere and pass a reference, or raise HAOSQ_MAX_PAYLOAD_BYTES)"
+        )
+    return text
+
+
+def validate_priority(priority: object) -> int:
+    low, high = PRIORITY_RANGE
+    if isinstance(priority, bool) or not isinstance(priority, int) or not low <= priority <= high:
+        raise InvalidJob(f"invalid priority {priority!r}: expected an integer from {low} to {high}")
+    return priority
+
+
+def validate_max_attempts(max_attempts: object) -> int | None:
+    if max_attempts is None:
+        return None
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise InvalidJob(f"invalid max_attempts {max_attempts!r}: expected an integer >= 1")
+    return max_attempts
+
+
+def validate_scheduled_at(scheduled_at: object) -> datetime | None:
+    if scheduled_at is None:
+        return None
+    if not isinstance(scheduled_at, datetime):
+        raise InvalidJob(f"invalid scheduled_at {scheduled_at!r}: expected a datetime")
+    if scheduled_at.tzinfo is None:
+        return scheduled_at.replace(tzinfo=UTC)
+    return scheduled_at
+
+
+def validate_tags(tags: object) -> tuple[str, ...]:
+    if isinstance(tags, str) or not isinstance(tags, Iterable):
+        raise InvalidJob(f"invalid tags {tags!r}: expected a list of strings")
+    cleaned = tuple(tags)
+    if len(cleaned) > MAX_TAGS:
+        raise InvalidJob(f"invalid tags: {len(cleaned)} tags, at most {MAX_TAGS} allowed")
+    for tag in cleaned:
+        if not isinstance(tag, str) or not tag.strip() or len(tag) > MAX_TAG_LENGTH or "\x00" in tag:
+            raise InvalidJob(
+                f"invalid tag {tag!r}: expected a non-empty string of at most "
+                f"{MAX_TAG_LENGTH} characters without NUL"
+            )
+    return cleaned
+
+
+def validate_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, timedelta):
+        timeout = timeout.total_seconds()
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidJob(f"invalid timeout {timeout!r}: expected a positive number of seconds")
+    return float(timeout)
+
+
+def validate_created_by(created_by: object) -> str | None:
+    if created_by is None:
+        return None
+    if not isinstance(created_by, str) or "\x00" in created_by or len(created_by) > 200:
+        raise InvalidJob(f"invalid created_by {created_by!r}: expected a short string")
+    return created_by
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job for `add_many`."""
+
+    type: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int | None = None
+    scheduled_at: datetime | None = None
+    tags: Sequence[str] = ()
+    created_by: str | None = None
+    timeout: float | timedelta | None = None
+
+
+class JobQueue:
+    """Enqueue jobs and operate on them. Thread-safe; share one per process."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+        database: Database | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        if database_url:
+            self.settings = self.settings.with_overrides(database_url=database_url)
+        self.clock = clock or SystemClock()
+        self.db = database or Database(self.settings)
+
+    # -- producing ---------------------------------------------------------------------
+
+    def _validated(
+        self,
+        job_type: str,
+        payload: Mapping[str, Any] | None,
+        priority: int,
+        max_attempts: int | None,
+        scheduled_at: datetime | None,
+        tags: Iterable[str],
+        created_by: str | None,
+        timeout: float | timedelta | None,
+    ) -> job_sql.NewJob:
+        return job_sql.NewJob(
+            type=validate_type(job_type),
+            payload_json=serialise_payload(
+                {} if payload is None else payload, self.settings["max_payload_bytes"]
+            ),
+            priority=validate_priority(priority),
+            max_attempts=validate_max_attempts(max_attempts),
+            scheduled_at=validate_scheduled_at(scheduled_at),
+            tags=validate_tags(tags),
+            created_by=validate_created_by(created_by),
+            timeout_seconds=validate_timeout(timeout),
+        )
+
+    def add(
+        self,
+        type: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | None = None,
+        tags: Iterable[str] = (),
+        created_by: str | None = None,
+        timeout: float | timedelta | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> Job:
+        """Enqueue one job. With `conn`, it joins that connection's transaction."""
+        new_job = self._validated(
+            type, payload, priority, max_attempts, scheduled_at, tags, created_by, timeout
+        )
+        if conn is not None:
+            return Job.from_row(job_sql.insert_job(conn, new_job))
+        with self.db.connection() as own:
+            return Job.from_row(job_sql.insert_job(own, new_job))
+
+    def add_many(
+        self,
+        jobs: Iterable[JobSpec | Mapping[str, Any]],
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> int:
+        """Enqueue many jobs in one COPY (all or nothing); returns how many.
+
+        Every job is validated before anything is sent. Accepts `JobSpec`s or dicts with the
+        same keys (`type`, `payload`, `priority`, ...).
+        """
+        validated = [self._validated(*self._spec_fields(spec)) for spec in jobs]
+        if not validated:
+            return 0
+        if conn is not None:
+            return job_sql.copy_jobs(conn, validated, job_sql.database_now(conn))
+        with self.db.connection() as own, own.transaction():
+            return job_sql.copy_jobs(own, validated, job_sql.database_now(own))
+
+    @staticmethod
+    def _spec_fields(spec: JobSpec | Mapping[str, Any]) -> tuple[Any, ...]:
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {f for f in JobSpec.__dataclass_fields__}
+            if unknown:
+                raise InvalidJob(f"unknown job option(s): {', '.join(sorted(unknown))}")
+            if "type" not in spec:
+                raise InvalidJob("a job needs a 'type'")
+            spec = JobSpec(**spec)
+        return (spec.type, spec.payload, spec.priority, spec.max_attempts, spec.scheduled_at,
+                spec.tags, spec.created_by, spec.timeout)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        with self.db.connection() as conn:
+            row = job_sql.get_job(conn, job_id)
+        if row is None:
+            raise JobNotFound(f"job {job_id} does not exist")
+        return Job.from_row(row)
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        tag: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """Jobs newest first. `type` takes a type or a family; `status` also takes "scheduled".
+        Page with `before_id` = the last id of the previous page."""
+        job_filter = self.filter(status=status, type=type, tag=tag, created_after=created_after,
+                                 created_before=created_before, search=search)
+        with self.db.connection() as conn:
+            rows = job_sql.list_jobs(conn, job_filter, limit=limit, before_id=before_id)
+        return [Job.from_row(r) for r in rows]
+
+    @staticmethod
+    def filter(
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        tag: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        search: str | None = None,
+    ) -> job_sql.JobFilter:
+        known = {s.value for s in JobStatus} | {"scheduled"}
+        if status is not None and status not in known:
+            raise InvalidJob(f"unknown status {status!r}: expected one of {', '.join(sorted(known))}")
+        if type is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*(:[a-z0-9][a-z0-9_.-]*)?",
+                                                 type):
+            raise InvalidJob(f"invalid type filter {type!r}: expected a family or family:action")
+        if tag is not None:
+            validate_tags([tag])
+        if search is not None and "\x00" in search:
+            raise InvalidJob("invalid search text: NUL characters are not allowed")
+        return job_sql.JobFilter(
+            status=status, type=type, tag=tag,
+            created_after=validate_scheduled_at(created_after),
+            created_before=validate_scheduled_at(created_before), search=search or None,
+        )
+
+    def logs(self, job_id: int, *, after_id: int | None = None, limit: int = 1000) -> list[JobLog]:
+        with self.db.connection() as conn:
+            if job_sql.get_job(conn, job_id) is None:
+                raise JobNotFound(f"job {job_id} does not exist")
+            rows = job_sql.job_logs(conn, job_id, after_id=after_id, limit=limit)
+        return [JobLog.from_row(r) for r in rows]
+
+    def stats(self) -> QueueStats:
+        with self.db.connection() as conn:
+            rows = stats_sql.counts_by_type(conn)
+            pending = stats_sql.pending_times(conn)
+        by_type: dict[str, dict[str, int]] = {}
+        by_status = {s.value: 0 for s in JobStatus}
+        for row in rows:
+            by_type.setdefault(row["type"], {})[row["status"]] = int(row["n"])
+            by_status[row["status"]] = by_status.get(row["status"], 0) + int(row["n"])
+        scheduled = int(pending["scheduled"] or 0)
+        by_status["pending"] = max(by_status["pending"] - scheduled, 0)
+        oldest = pending["oldest_age"]
+        return QueueStats(
+            by_status=by_status,
+            by_type=by_type,
+            scheduled=scheduled,
+            oldest_pending_age_seconds=float(oldest) if oldest is not None else None,
+        )
+
+    # -- operating ---------------------------------------------------------------------
+
+    def retry(self, job_id: int) -> Job:
+        """Send a failed job back to the queue with a fresh set of attempts."""
+        with self.db.connection() as conn, conn.transaction():
+            current = job_sql.get_job(conn, job_id)
+            if current is None:
+                raise JobNotFound(f"job {job_id} does not exist")
+            if not job_sql.retry_by_ids(conn, [job_id]):
+                raise InvalidTransition(
+                    f"job {job_id} is {current['status']}: only failed jobs can be retried"
+                )
+        return self.get(job_id)
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a pending job now, or ask the worker running it to stop.
+
+        A running job ends `cancelled` when its handler returns or at its timeout."""
+        with self.db.connection() as conn, conn.transaction():
+            current = job_sql.get_job(conn, job_id)
+            if current is None:
+                raise JobNotFound(f"job {job_id} does not exist")
+            cancelled, requested = job_sql.cancel_by_ids(conn, [job_id])
+            if not cancelled and not requested:
+                raise InvalidTransition(
+                    f"job {job_id} is {current['status']}: only pending or processing jobs "
+                    "can be cancelled"
+                )
+        return self.get(job_id)
+
+    def retry_matching(self, job_filter: job_sql.JobFilter) -> int:
+        """Retry every failed job matching the filter; returns how many."""
+        with self.db.connection() as conn, conn.transaction():
+            return len(job_sql.retry_matching(conn, job_filter))
+
+    def cancel_matching(self, job_filter: job_sql.JobFilter) -> int:
+        """Cancel every pending or processing job matching the filter; returns how many."""
+        with self.db.connection() as conn, conn.transaction():
+            cancelled, requested = job_sql.cancel_matching(conn, job_filter)
+        return len(cancelled) + len(requested)
+
+    def count(self, job_filter: job_sql.JobFilter) -> int:
+        with self.db.connection() as conn:
+            return job_sql.count_matching(conn, job_filter)
+
+    def workers(self, *, include_gone: bool = False) -> list[Worker]:
+        with self.db.connection() as conn:
+            return [Worker.from_row(r) for r in worker_sql.list_workers(conn, include_gone=include_gone)]
+
+    def cleanup_dead_workers(self, timeout: timedelta = timedelta(minutes=5)) -> tuple[list[str], int]:
+        """Mark workers silent for longer than `timeout` dead and rescue the jobs they held.
+
+        Returns (the worker ids marked dead, the number of jobs rescued)."""
+        with self.db.connection() as conn, conn.transaction():
+            dead = worker_sql.mark_dead_workers(conn, timeout)
+            rescued = worker_sql.rescue_orphaned_jobs(
+                conn, timeout, self.settings["worker.max_attempts"]
+            )
+        return dead, len(rescued)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _LazyJobQueue:
+    """`haosq.job_queue`: a JobQueue built from the environment on first use."""
+
+    _queue: JobQueue | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._queue is None:
+            type(self)._queue = JobQueue()
+        return getattr(self._queue, name)
+
+
+job_queue: Any = _LazyJobQueue()
