@@ -1,0 +1,62 @@
+"""The contract between the daemon's process lifecycle and the things that run beside the
+claim loop (the schedule loop, maintenance, metrics, systemd notification).
+
+Every background duty is one small object with a start/stop protocol; the service starts
+them after the worker is registered and stops them in reverse order on shutdown. Observers
+hear about the worker's life without being able to change it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from haosq.models import Job
+
+
+class Duty(Protocol):
+    """A background duty of the daemon."""
+
+    name: str
+
+    def start(self) -> None:
+        """Begin work (in its own thread if it loops); must return promptly."""
+
+    def stop(self, timeout: float) -> None:
+        """Stop and wait at most `timeout` seconds; must be safe to call twice."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSnapshot:
+    """The live state of one daemon, cheap to take at any time."""
+
+    worker_id: str
+    concurrency: int
+    busy: int
+    processed: int
+    succeeded: int
+    failed: int
+    ready: bool
+    stopping: bool
+    last_heartbeat_ok: datetime | None
+    loop_alive_at: datetime | None
+
+
+class WorkerObserver(Protocol):
+    """Hears the worker's lifecycle events. Called from daemon threads: keep it quick and
+    never raise (a failing observer is logged and ignored)."""
+
+    def on_ready(self, snapshot: WorkerSnapshot) -> None: ...
+
+    def on_heartbeat(self, snapshot: WorkerSnapshot) -> None: ...
+
+    def on_job_claimed(self, job: Job) -> None: ...
+
+    def on_job_finished(self, job: Job, outcome: str, duration_seconds: float) -> None:
+        """outcome: completed, failed, retried, cancelled or released."""
+
+    def on_database_error(self, error: BaseException) -> None: ...
+
+    def on_stopping(self, snapshot: WorkerSnapshot) -> None: ...
