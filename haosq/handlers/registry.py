@@ -20,12 +20,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from typing import Any, Literal, Protocol
 
+import psycopg
+
+from haosq.config import Settings
+from haosq.db.connection import Database
 from haosq.errors import ConfigError, UnknownJobType
 from haosq.models import Job
 
@@ -80,14 +85,32 @@ class FollowUp:
 
 @dataclass
 class JobContext:
-    """What a handler gets besides its payload."""
+    """What a handler gets besides its payload.
+
+    `settings` carries the handler configuration (`settings.sections["handlers"]`);
+    `database` is the daemon's pool, for handlers that work in PostgreSQL themselves.
+    """
 
     job: Job
     log: JobLogger
     attempt: int
     cancelled: threading.Event
+    settings: Settings
+    database: Database | None = None
     deadline: datetime | None = None
     followups: list[FollowUp] = field(default_factory=list)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection (autocommit, dict rows) for the handler's own queries."""
+        if self.database is None:
+            raise RuntimeError("this job runs without database access")
+        with self.database.connection() as conn:
+            yield conn
+
+    def handler_settings(self, name: str) -> dict[str, Any]:
+        """The `[handlers.NAME]` table of the config file, or {}."""
+        return dict(self.settings.sections.get("handlers", {}).get(name, {}))
 
     @property
     def payload(self) -> dict[str, Any]:
