@@ -1,0 +1,5 @@
+"""`python -m haosq` runs the command line."""
+
+from haosq.cli import main
+
+main()
