@@ -21,6 +21,7 @@ from haosq.cli.common import (
 from haosq.durations import format_duration
 from haosq.errors import InvalidJob
 from haosq.models import Job, JobStatus
+from haosq.secrets import mask_job_fields, mask_text
 
 jobs_app = typer.Typer(help="List, inspect, retry and cancel jobs.", no_args_is_help=True)
 workers_app = typer.Typer(help="List workers and clean up dead ones.", no_args_is_help=True)
@@ -79,7 +80,8 @@ def job_row(job: Job, now: datetime) -> dict[str, Any]:
     data = {name: getattr(job, name) for name in job.__dataclass_fields__}
     data["status"] = job.status.value
     data["display_status"] = display_status(job, now)
-    return data
+    # Payloads may carry credentials: output never shows them (see haosq.secrets).
+    return mask_job_fields(data)
 
 
 def add(
@@ -149,7 +151,7 @@ def list_jobs(
         attempts = f"{job.attempts}/{job.max_attempts}" if job.max_attempts else str(job.attempts)
         table.add_row(str(job.id), job.type, f"[{STATUS_STYLE[shown]}]{shown}[/]",
                       str(job.priority), attempts, local_time(job.created_at),
-                      (job.error or "").splitlines()[0][:80] if job.error else "")
+                      mask_text(job.error).splitlines()[0][:80] if job.error else "")
     console.print(table)
 
 
@@ -175,7 +177,7 @@ def show_job(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None
 
 
 @jobs_app.command("retry")
-def retry_jobs(ctx: typer.Context, job_ids: Annotated[list[int], typer.Argument()]) -> None:
+def retry_jobs(ctx: typer.Context, job_ids: Annotated[list[int], typer.Argument(metavar="JOB_ID...")]) -> None:
     """Send failed jobs back to the queue."""
     queue = state(ctx).queue
     for job_id in job_ids:
@@ -184,7 +186,7 @@ def retry_jobs(ctx: typer.Context, job_ids: Annotated[list[int], typer.Argument(
 
 
 @jobs_app.command("cancel")
-def cancel_jobs(ctx: typer.Context, job_ids: Annotated[list[int], typer.Argument()]) -> None:
+def cancel_jobs(ctx: typer.Context, job_ids: Annotated[list[int], typer.Argument(metavar="JOB_ID...")]) -> None:
     """Cancel pending jobs; ask workers to stop running ones."""
     queue = state(ctx).queue
     for job_id in job_ids:

@@ -1,0 +1,134 @@
+"""systemd notification (sd_notify) for `Type=notify` units.
+
+READY=1 once the daemon is ready (migrations applied, pool open, first claim done),
+STATUS= with live counts ("12/16 busy, 3,201 done, 4 failed") on every heartbeat,
+WATCHDOG=1 from the heartbeat only while the claim loop is alive (a stuck loop stops
+feeding the watchdog and systemd restarts the unit), STOPPING=1 on shutdown.
+
+Outside systemd (no NOTIFY_SOCKET) every call is a no-op. The protocol is one datagram
+per message on a UNIX socket; a leading "@" names an abstract socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+
+from haosq.clock import Clock, SystemClock
+from haosq.daemon.duty import WorkerSnapshot
+from haosq.models import Job
+from haosq.secrets import mask_text
+
+log = logging.getLogger("haosq.notify")
+
+
+def status_line(snapshot: WorkerSnapshot) -> str:
+    """What `systemctl status` shows: "12/16 busy, 3,201 done, 4 failed"."""
+    line = f"{snapshot.busy}/{snapshot.concurrency} busy, {snapshot.processed:,} done"
+    if snapshot.failed:
+        line += f", {snapshot.failed:,} failed"
+    if snapshot.stopping:
+        line = f"stopping: {line}"
+    return line
+
+
+class SystemdNotifier:
+    """Sends datagrams to NOTIFY_SOCKET; silent when there is none."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        address = env.get("NOTIFY_SOCKET", "")
+        self.address: str | None = None
+        if address.startswith("@"):
+            self.address = "\0" + address[1:]
+        elif address.startswith("/"):
+            self.address = address
+        watchdog = env.get("WATCHDOG_USEC", "")
+        watchdog_pid = env.get("WATCHDOG_PID", "")
+        # WATCHDOG_PID names the process the watchdog is meant for; ignore it elsewhere.
+        self.watchdog_seconds: float | None = None
+        if watchdog.isdigit() and (not watchdog_pid or watchdog_pid == str(os.getpid())):
+            self.watchdog_seconds = int(watchdog) / 1_000_000
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def send(self, *fields: str) -> bool:
+        """Send one message of KEY=value fields; False when not under systemd or on error."""
+        if self.address is None:
+            return False
+        message = "\n".join(fields).encode()
+        with self._lock:
+            try:
+                if self._socket is None:
+                    self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._socket.sendto(message, self.address)
+            except OSError as exc:
+                log.warning("sd_notify to %s failed: %s", self.address.lstrip("\0"), exc)
+                return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
+
+
+class NotifyObserver:
+    """A WorkerObserver that keeps systemd informed.
+
+    `loop_stale_after` is how old the claim loop's last sign of life may be for the watchdog
+    to still be fed; the daemon passes a few poll intervals.
+    """
+
+    def __init__(
+        self,
+        notifier: SystemdNotifier | None = None,
+        *,
+        loop_stale_after: float = 60.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.notifier = notifier or SystemdNotifier()
+        self.loop_stale_after = loop_stale_after
+        self.clock = clock or SystemClock()
+        self._ready_sent = False
+
+    def _loop_alive(self, snapshot: WorkerSnapshot) -> bool:
+        alive_at: datetime | None = snapshot.loop_alive_at
+        if alive_at is None:
+            return False
+        return (self.clock.now() - alive_at).total_seconds() <= self.loop_stale_after
+
+    def on_ready(self, snapshot: WorkerSnapshot) -> None:
+        self._ready_sent = self.notifier.send("READY=1", f"STATUS={status_line(snapshot)}",
+                                              f"MAINPID={os.getpid()}")
+
+    def on_heartbeat(self, snapshot: WorkerSnapshot) -> None:
+        fields = [f"STATUS={status_line(snapshot)}"]
+        if self._loop_alive(snapshot) and not snapshot.stopping:
+            fields.append("WATCHDOG=1")
+        else:
+            log.warning("claim loop silent for more than %.0fs: not feeding the systemd watchdog",
+                        self.loop_stale_after)
+        self.notifier.send(*fields)
+
+    def on_job_claimed(self, job: Job) -> None:
+        return None
+
+    def on_job_finished(self, job: Job, outcome: str, duration_seconds: float) -> None:
+        return None
+
+    def on_database_error(self, error: BaseException) -> None:
+        reason = mask_text(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        self.notifier.send(f"STATUS=database error: {reason[:200]}")
+
+    def on_stopping(self, snapshot: WorkerSnapshot) -> None:
+        self.notifier.send("STOPPING=1", f"STATUS={status_line(snapshot)}")
