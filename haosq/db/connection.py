@@ -50,6 +50,11 @@ def _import_embedded(data_dir: Path) -> ModuleType:
             os.environ["XDG_RUNTIME_DIR"] = runtime
 
 
+def _tidy(uri: str) -> str:
+    """The wheel writes an empty password (postgres:@); drop it."""
+    return uri.replace("://postgres:@", "://postgres@", 1)
+
+
 @dataclass(frozen=True)
 class EmbeddedStatus:
     pgdata: Path
@@ -72,7 +77,7 @@ def embedded_status(settings: Settings) -> EmbeddedStatus:
     info = utils.PostmasterInfo.read_from_pgdata(pgdata)
     if info is None or not info.is_running():
         return EmbeddedStatus(pgdata, False, None, None)
-    return EmbeddedStatus(pgdata, True, info.pid, info.get_uri(database=EMBEDDED_DATABASE))
+    return EmbeddedStatus(pgdata, True, info.pid, _tidy(info.get_uri(database=EMBEDDED_DATABASE)))
 
 
 def start_embedded(settings: Settings) -> str:
@@ -94,7 +99,7 @@ def start_embedded(settings: Settings) -> str:
         raise DatabaseUnavailable(
             f"the embedded PostgreSQL in {data_dir} did not start ({exc}); see {log}"
         ) from None
-    admin_url = server.get_uri()
+    admin_url = _tidy(server.get_uri())
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)
@@ -102,7 +107,7 @@ def start_embedded(settings: Settings) -> str:
         if not exists:
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(f"CREATE DATABASE {EMBEDDED_DATABASE}")
-    return server.get_uri(database=EMBEDDED_DATABASE)
+    return _tidy(server.get_uri(database=EMBEDDED_DATABASE))
 
 
 def stop_embedded(settings: Settings) -> bool:
