@@ -176,8 +176,11 @@ def show_job(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None
     console.print(table, markup=False)
 
 
+JobIds = Annotated[list[int], typer.Argument(metavar="JOB_ID...")]
+
+
 @jobs_app.command("retry")
-def retry_jobs(ctx: typer.Context, job_ids: Annotated[list[int], typer.Argument(metavar="JOB_ID...")]) -> None:
+def retry_jobs(ctx: typer.Context, job_ids: JobIds) -> None:
     """Send failed jobs back to the queue."""
     queue = state(ctx).queue
     for job_id in job_ids:
@@ -186,7 +189,7 @@ def retry_jobs(ctx: typer.Context, job_ids: Annotated[list[int], typer.Argument(
 
 
 @jobs_app.command("cancel")
-def cancel_jobs(ctx: typer.Context, job_ids: Annotated[list[int], typer.Argument(metavar="JOB_ID...")]) -> None:
+def cancel_jobs(ctx: typer.Context, job_ids: JobIds) -> None:
     """Cancel pending jobs; ask workers to stop running ones."""
     queue = state(ctx).queue
     for job_id in job_ids:

@@ -81,7 +81,8 @@ def test_retry_cancel_logs_stats_workers(runner, queue, conn):
 @pytest.mark.parametrize(
     ("args", "stdin", "expected"),
     [
-        (["add", "email:send", "--payload", "-"], "{bad json", "payload from standard input is not valid JSON"),
+        (["add", "email:send", "--payload", "-"], "{bad json",
+         "payload from standard input is not valid JSON"),
         (["add", "email:send", "--bogus"], None, "No such option: --bogus"),
         (["add", "Email", "--payload", "{}"], None, "invalid job type 'Email'"),
         (["add", "email:send", "--payload", "[1, 2]"], None, "must be a JSON object"),
