@@ -8,11 +8,15 @@ hear about the worker's life without being able to change it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from haosq.clock import Clock
+    from haosq.config import Settings
+    from haosq.db.connection import Database
     from haosq.models import Job
 
 
@@ -60,3 +64,44 @@ class WorkerObserver(Protocol):
     def on_database_error(self, error: BaseException) -> None: ...
 
     def on_stopping(self, snapshot: WorkerSnapshot) -> None: ...
+
+
+@dataclass(frozen=True)
+class DutyContext:
+    """What a duty factory gets from the service that runs it.
+
+    `snapshot()` is the worker's live state; `wake()` tells the claim loop that jobs may be
+    waiting (for a duty that enqueues jobs on a connection without NOTIFY);
+    `stopping` is set when shutdown begins."""
+
+    settings: Settings
+    database: Database
+    clock: Clock
+    worker_id: str
+    token: str
+    snapshot: Callable[[], WorkerSnapshot]
+    wake: Callable[[], None]
+    stopping: Callable[[], bool] = field(default=lambda: False)
+
+
+DutyFactory = Callable[[DutyContext], Duty]
+ObserverFactory = Callable[[DutyContext], WorkerObserver]
+
+# What `haosq worker` runs besides the claim loop. A module that provides a duty or an
+# observer appends its factory here at import, and its name to PLUGIN_MODULES so that the
+# `haosq worker` command imports it.
+DEFAULT_DUTY_FACTORIES: list[DutyFactory] = []
+DEFAULT_OBSERVER_FACTORIES: list[ObserverFactory] = []
+PLUGIN_MODULES: list[str] = []
+
+
+def register_duty(factory: DutyFactory) -> DutyFactory:
+    """Add a duty factory to every `haosq worker` (usable as a decorator)."""
+    DEFAULT_DUTY_FACTORIES.append(factory)
+    return factory
+
+
+def register_observer(factory: ObserverFactory) -> ObserverFactory:
+    """Add an observer factory to every `haosq worker` (usable as a decorator)."""
+    DEFAULT_OBSERVER_FACTORIES.append(factory)
+    return factory

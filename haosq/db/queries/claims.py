@@ -1,0 +1,325 @@
+"""The daemon's SQL: worker registration and heartbeats, claiming, acknowledging and
+releasing jobs.
+
+Every statement that changes a job a worker holds checks, in the same statement, that the
+job is still `processing`, still owned by this worker process's token and still on the same
+attempt. A worker frozen past its lease (SIGSTOP, a long GC pause, a suspended VM) therefore
+cannot overwrite a job that was rescued and finished elsewhere: its late acknowledgement
+matches no row and is counted as refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+CLAIM_COLUMNS = (
+    "id, type, status, priority, payload, scheduled_at, due_at, started_at, attempts, "
+    "max_attempts, worker_id, worker_pid, created_by, tags, timeout_seconds, "
+    "cancel_requested_at, created_at, updated_at"
+)
+
+# One statement: pick runnable rows in claim order from the partial index `jobs_claim`
+# (priority DESC, due_at, id WHERE status = 'pending'), skipping rows another worker is
+# locking, and mark them ours. `due_at <= coalesce($now, now())`: the database clock in
+# production, an injected clock in tests.
+CLAIM = sql.SQL(
+    """WITH next AS (
+    SELECT id
+      FROM haosq.jobs
+     WHERE status = 'pending'
+       AND due_at <= coalesce(%(now)s::timestamptz, now())
+       AND {type_filter}
+     ORDER BY priority DESC, due_at, id
+     LIMIT %(limit)s
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE haosq.jobs j
+   SET status = 'processing', attempts = j.attempts + 1, started_at = now(),
+       completed_at = NULL, worker_id = %(worker_id)s, worker_pid = %(pid)s,
+       owner_token = %(token)s, updated_at = now()
+  FROM next
+ WHERE j.id = next.id
+RETURNING {columns}"""
+)
+
+_ALL_TYPES = sql.SQL("TRUE")
+_SELECTED_TYPES = sql.SQL(
+    "(type = ANY(%(types)s::text[]) OR split_part(type, ':', 1) = ANY(%(families)s::text[]))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeFilter:
+    """Which jobs a worker claims: exact types and whole families; both empty means all."""
+
+    types: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+
+    @classmethod
+    def from_selectors(cls, selectors: Sequence[str]) -> TypeFilter:
+        exact = tuple(s for s in selectors if ":" in s)
+        families = tuple(s for s in selectors if ":" not in s)
+        return cls(exact, families)
+
+    @property
+    def everything(self) -> bool:
+        return not self.types and not self.families
+
+    def selects(self, job_type: str) -> bool:
+        return self.everything or job_type in self.types or job_type.split(":", 1)[0] in self.families
+
+
+def claim_query(type_filter: TypeFilter) -> sql.Composed:
+    return CLAIM.format(
+        type_filter=_ALL_TYPES if type_filter.everything else _SELECTED_TYPES,
+        columns=sql.SQL(", ").join(sql.SQL("j.") + sql.SQL(c.strip()) for c in CLAIM_COLUMNS.split(",")),
+    )
+
+
+def claim_params(
+    type_filter: TypeFilter, limit: int, *, worker_id: str, pid: int, token: str,
+    now: datetime | None,
+) -> dict[str, Any]:
+    return {
+        "now": now, "limit": limit, "worker_id": worker_id, "pid": pid, "token": token,
+        "types": list(type_filter.types), "families": list(type_filter.families),
+    }
+
+
+def claim_jobs(
+    conn: psycopg.Connection[Any],
+    type_filter: TypeFilter,
+    limit: int,
+    *,
+    worker_id: str,
+    pid: int,
+    token: str,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Claim up to `limit` runnable jobs; returns their rows (attempts already counted)."""
+    params = claim_params(type_filter, limit, worker_id=worker_id, pid=pid, token=token, now=now)
+    return conn.execute(claim_query(type_filter), params).fetchall()
+
+
+def explain_claim(conn: psycopg.Connection[Any], type_filter: TypeFilter, limit: int) -> str:
+    """The plan of the claim statement (for the test that pins it to `jobs_claim`)."""
+    params = claim_params(type_filter, limit, worker_id="explain", pid=0,
+                          token="00000000-0000-0000-0000-000000000000", now=None)
+    query = sql.SQL("EXPLAIN ") + claim_query(type_filter)
+    rows = conn.execute(query, params).fetchall()
+    return "\n".join(str(next(iter(r.values())) if isinstance(r, dict) else r[0]) for r in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The end of one attempt, as the worker reports it.
+
+    status: completed, failed, cancelled, or pending (a retry, due at `due_at`).
+    """
+
+    job_id: int
+    attempt: int
+    status: str
+    result_json: str | None = None
+    error: str | None = None
+    due_at: datetime | None = None
+
+
+# One statement per batch. The guard (status, owner token, attempt) is in the WHERE clause:
+# rows that no longer match are left alone and reported as refused.
+ACK = """
+UPDATE haosq.jobs j
+   SET status = a.status,
+       result = CASE WHEN a.status = 'completed' THEN a.result ELSE j.result END,
+       error = CASE WHEN a.status = 'completed' THEN NULL ELSE a.error END,
+       completed_at = CASE WHEN a.status = 'pending' THEN NULL ELSE now() END,
+       due_at = CASE WHEN a.status = 'pending' THEN coalesce(a.due_at, now()) ELSE j.due_at END,
+       retry_at = CASE WHEN a.status = 'pending' THEN coalesce(a.due_at, now()) END,
+       owner_token = CASE WHEN a.status = 'pending' THEN NULL ELSE j.owner_token END,
+       updated_at = now()
+  FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[], %(results)s::jsonb[],
+              %(errors)s::text[], %(due)s::timestamptz[])
+       AS a(id, attempt, status, result, error, due_at)
+ WHERE j.id = a.id
+   AND j.status = 'processing'
+   AND j.owner_token = %(token)s
+   AND j.attempts = a.attempt
+RETURNING j.id
+"""
+
+
+def _raw_json(text: str | None) -> Jsonb | None:
+    return None if text is None else Jsonb(text, dumps=lambda already_json: already_json)
+
+
+def ack_jobs(conn: psycopg.Connection[Any], token: str, acks: Sequence[Ack]) -> set[int]:
+    """Record the outcome of many attempts in one statement; returns the ids accepted."""
+    if not acks:
+        return set()
+    rows = conn.execute(ACK, {
+        "token": token,
+        "ids": [a.job_id for a in acks],
+        "attempts": [a.attempt for a in acks],
+        "statuses": [a.status for a in acks],
+        "results": [_raw_json(a.result_json) for a in acks],
+        "errors": [a.error for a in acks],
+        "due": [a.due_at for a in acks],
+    }).fetchall()
+    return {_first(r) for r in rows}
+
+
+def _first(row: Any) -> Any:
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
+# Shutdown: give back the jobs this process still holds, without counting the attempt.
+RELEASE = """
+UPDATE haosq.jobs j
+   SET status = 'pending', attempts = j.attempts - 1, started_at = NULL, owner_token = NULL,
+       worker_id = NULL, worker_pid = NULL, updated_at = now()
+  FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt)
+ WHERE j.id = r.id AND j.status = 'processing' AND j.owner_token = %(token)s
+   AND j.attempts = r.attempt
+RETURNING j.id
+"""
+
+
+def release_jobs(conn: psycopg.Connection[Any], token: str, held: Sequence[tuple[int, int]]) -> list[int]:
+    """Return (job id, attempt) pairs to pending; other workers are told at once."""
+    if not held:
+        return []
+    rows = conn.execute(RELEASE, {
+        "token": token, "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
+    }).fetchall()
+    if rows:
+        conn.execute("SELECT pg_notify('haosq_jobs', '*')")
+    return [_first(r) for r in rows]
+
+
+# After a lost connection the worker may not know whether a claim committed: any job held
+# under its token that it is not running goes back, uncounted.
+RELEASE_UNKNOWN = """
+UPDATE haosq.jobs j
+   SET status = 'pending', attempts = j.attempts - 1, started_at = NULL, owner_token = NULL,
+       worker_id = NULL, worker_pid = NULL, updated_at = now()
+ WHERE j.status = 'processing' AND j.owner_token = %(token)s AND j.id <> ALL(%(known)s::bigint[])
+RETURNING j.id
+"""
+
+
+def release_unknown_jobs(conn: psycopg.Connection[Any], token: str, known: Sequence[int]) -> list[int]:
+    rows = conn.execute(RELEASE_UNKNOWN, {"token": token, "known": list(known)}).fetchall()
+    if rows:
+        conn.execute("SELECT pg_notify('haosq_jobs', '*')")
+    return [_first(r) for r in rows]
+
+
+CANCEL_REQUESTED = """
+SELECT id FROM haosq.jobs
+ WHERE id = ANY(%(ids)s::bigint[]) AND status = 'processing' AND owner_token = %(token)s
+   AND cancel_requested_at IS NOT NULL
+"""
+
+
+def cancel_requested(conn: psycopg.Connection[Any], token: str, ids: Sequence[int]) -> list[int]:
+    """Which of these running jobs an operator asked to cancel (the NOTIFY may be lost)."""
+    if not ids:
+        return []
+    return [_first(r) for r in conn.execute(CANCEL_REQUESTED, {"token": token, "ids": list(ids)})]
+
+
+# -- the workers table ---------------------------------------------------------------------
+
+REGISTER = """
+INSERT INTO haosq.workers (token, worker_id, pid, hostname, concurrency, job_types)
+VALUES (%(token)s, %(worker_id)s, %(pid)s, %(hostname)s, %(concurrency)s, %(job_types)s)
+"""
+
+# A holder of the same id whose heartbeat is older than the timeout is dead: mark it so,
+# which frees the id (the unique index covers live workers only).
+RETIRE_STALE_HOLDER = """
+UPDATE haosq.workers SET status = 'dead', stopped_at = now()
+ WHERE worker_id = %(worker_id)s AND status IN ('active', 'stopping')
+   AND last_heartbeat < now() - %(timeout)s
+"""
+
+LIVE_HOLDER = """
+SELECT hostname, pid, last_heartbeat FROM haosq.workers
+ WHERE worker_id = %(worker_id)s AND status IN ('active', 'stopping')
+"""
+
+
+def register_worker(
+    conn: psycopg.Connection[Any], *, token: str, worker_id: str, pid: int, hostname: str,
+    concurrency: int, job_types: Sequence[str], stale_after: timedelta,
+) -> dict[str, Any] | None:
+    """Register this process. Returns None, or the live worker already using the id."""
+    params = {"token": token, "worker_id": worker_id, "pid": pid, "hostname": hostname,
+              "concurrency": concurrency, "job_types": list(job_types), "timeout": stale_after}
+    conn.execute(RETIRE_STALE_HOLDER, params)
+    try:
+        with conn.transaction():
+            conn.execute(REGISTER, params)
+    except psycopg.errors.UniqueViolation:
+        row = conn.execute(LIVE_HOLDER, params).fetchone()
+        return dict(row) if row else {"hostname": "?", "pid": 0, "last_heartbeat": None}
+    return None
+
+
+HEARTBEAT = """
+UPDATE haosq.workers
+   SET last_heartbeat = now(), jobs_processed = %(processed)s, jobs_succeeded = %(succeeded)s,
+       jobs_failed = %(failed)s,
+       status = CASE WHEN status = 'dead' THEN 'active' ELSE status END,
+       stopped_at = CASE WHEN status = 'dead' THEN NULL ELSE stopped_at END
+ WHERE token = %(token)s AND status IN ('active', 'stopping', 'dead')
+RETURNING status
+"""
+
+
+def heartbeat(
+    conn: psycopg.Connection[Any], token: str, *, processed: int, succeeded: int, failed: int
+) -> str | None:
+    """Prove this worker is alive and record its counters. A worker that was marked dead
+    while frozen comes back to life (its jobs were rescued already). Returns the status, or
+    None when the row is gone (deleted by an operator)."""
+    row = conn.execute(HEARTBEAT, {"token": token, "processed": processed,
+                                   "succeeded": succeeded, "failed": failed}).fetchone()
+    return None if row is None else _first(row)
+
+
+SET_STATUS = """
+UPDATE haosq.workers
+   SET status = %(status)s,
+       stopped_at = CASE WHEN %(status)s IN ('stopped', 'dead') THEN now() END,
+       jobs_processed = coalesce(%(processed)s, jobs_processed),
+       jobs_succeeded = coalesce(%(succeeded)s, jobs_succeeded),
+       jobs_failed = coalesce(%(failed)s, jobs_failed)
+ WHERE token = %(token)s
+"""
+
+
+def set_worker_status(
+    conn: psycopg.Connection[Any], token: str, status: str, *, processed: int | None = None,
+    succeeded: int | None = None, failed: int | None = None,
+) -> None:
+    """`stopping` when shutdown begins, `stopped` when this worker deregisters."""
+    conn.execute(SET_STATUS, {"token": token, "status": status, "processed": processed,
+                              "succeeded": succeeded, "failed": failed})
+
+
+# Several workers compact at once only waste work; the advisory lock lets one through.
+COMPACT_COUNTS = """
+SELECT haosq.compact_job_counts() WHERE pg_try_advisory_xact_lock(hashtext('haosq.compact_job_counts'))
+"""
+
+
+def compact_job_counts(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(COMPACT_COUNTS)
