@@ -55,7 +55,9 @@ def _flag(value: Any) -> bool:
 
 def _type_list(value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else list(value)
-    return tuple(str(item).strip() for item in items if str(item).strip())
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    # "all" (haosq-worker@all) and "*" mean every type, like an empty list.
+    return () if names in (("all",), ("*",)) else names
 
 
 @dataclass(frozen=True)
@@ -217,10 +219,11 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
     sources = {option.key: "default" for option in OPTIONS}
     sections: dict[str, Any] = {}
 
-    candidates = [config_file] if config_file else config_file_candidates(env)
-    found = next((path for path in candidates if path.is_file()), None)
-    if config_file and found is None:
-        raise ConfigError(f"config file {config_file} does not exist")
+    explicit = config_file or (Path(env["HAOSQ_CONFIG"]) if env.get("HAOSQ_CONFIG") else None)
+    if explicit is not None and not explicit.exists():
+        raise ConfigError(f"config file {explicit} does not exist (check --config / HAOSQ_CONFIG)")
+    candidates = [explicit] if explicit else config_file_candidates(env)
+    found = next((path for path in candidates if path.exists()), None)
     if found is not None:
         try:
             document = tomllib.loads(found.read_text())

@@ -14,6 +14,7 @@ Naive `scheduled_at` datetimes are taken as UTC.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,8 +41,13 @@ MAX_TAGS = 50
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_valid_type(job_type: str) -> bool:
+    return TYPE_PATTERN.fullmatch(job_type) is not None
+
+
 def validate_type(job_type: object) -> str:
-    if not isinstance(job_type, str) or not TYPE_PATTERN.fullmatch(job_type):
+    if not isinstance(job_type, str) or not _is_valid_type(job_type):
         raise InvalidJob(
             f"invalid job type {job_type!r}: expected family:action in lowercase letters, "
             "digits, '-', '_' or '.' (e.g. email:send)"
@@ -49,14 +55,17 @@ def validate_type(job_type: object) -> str:
     return job_type
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
 def serialise_payload(payload: object, max_bytes: int) -> str:
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise InvalidJob(f"invalid payload: expected a JSON object, got {type(payload).__name__}")
     try:
-        text = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidJob(f"invalid payload: not JSON-serialisable ({exc})") from None
-    if _JSON_NUL.search(text):
+    if "\\u0000" in text and _JSON_NUL.search(text):
         raise InvalidJob("invalid payload: strings must not contain NUL (\\u0000) characters")
     size = len(text.encode())
     if size > max_bytes:
@@ -93,6 +102,8 @@ def validate_scheduled_at(scheduled_at: object) -> datetime | None:
 
 
 def validate_tags(tags: object) -> tuple[str, ...]:
+    if tags == ():
+        return ()
     if isinstance(tags, str) or not isinstance(tags, Iterable):
         raise InvalidJob(f"invalid tags {tags!r}: expected a list of strings")
     cleaned = tuple(tags)
@@ -225,7 +236,7 @@ class JobQueue:
 
     @staticmethod
     def _spec_fields(spec: JobSpec | Mapping[str, Any]) -> tuple[Any, ...]:
-        if isinstance(spec, Mapping):
+        if type(spec) is dict or isinstance(spec, Mapping):
             unknown = set(spec) - {f for f in JobSpec.__dataclass_fields__}
             if unknown:
                 raise InvalidJob(f"unknown job option(s): {', '.join(sorted(unknown))}")
@@ -376,6 +387,92 @@ class JobQueue:
             )
         return dead, len(rescued)
 
+    # -- recurring schedules (haosq.schedules; SQL in haosq.db.queries.schedules) ----------
+
+    def schedule(self, name: str, type: str, payload: Mapping[str, Any] | None = None, *,
+                 cron: str | None = None, interval: str | float | timedelta | None = None,
+                 timezone: str = "UTC", replace: bool = False, **options: Any) -> Any:
+        """Create a recurring schedule: `cron="0 3 * * *"` (in `timezone`) or
+        `interval="15m"`. Options: priority, max_attempts, tags, timeout, catch_up
+        ("none" | "latest" | "all"), catch_up_limit, enabled. A taken name raises
+        ScheduleExists unless `replace=True`. Returns the stored `haosq.schedules.Schedule`."""
+        from haosq import schedules as defs
+        from haosq.db.queries import schedules as schedule_sql
+
+        spec = defs.make_spec(name, type, payload, cron=cron, interval=interval, timezone=timezone,
+                              max_payload_bytes=self.settings["max_payload_bytes"], **options)
+        row = defs.spec_row(spec, source="api", now=self.clock.now())
+        with self.db.connection() as conn, conn.transaction():
+            if replace:
+                schedule_sql.delete_schedule(conn, spec.name)
+            try:
+                with conn.transaction():
+                    schedule_sql.insert_schedule(conn, row)
+            except psycopg.errors.UniqueViolation:
+                raise defs.ScheduleExists(
+                    f"a schedule named {spec.name!r} exists already (remove it first or replace it)"
+                ) from None
+            return defs.Schedule.from_row(self._schedule_row(conn, spec.name))
+
+    def schedules(self) -> list[Any]:
+        """Every schedule by name (`haosq.schedules.Schedule`: name, type, cron or
+        interval_seconds, timezone, enabled, next_due_at, last_due_at, last_outcome)."""
+        from haosq import schedules as defs
+        from haosq.db.queries import schedules as schedule_sql
+
+        with self.db.connection() as conn:
+            return [defs.Schedule.from_row(r) for r in schedule_sql.list_schedules(conn)]
+
+    def unschedule(self, name: str) -> None:
+        """Remove a schedule (its enqueued jobs stay)."""
+        from haosq import schedules as defs
+        from haosq.db.queries import schedules as schedule_sql
+
+        with self.db.connection() as conn:
+            if not schedule_sql.delete_schedule(conn, name):
+                raise defs.ScheduleNotFound(f"no schedule named {name!r}")
+
+    def set_schedule_enabled(self, name: str, enabled: bool) -> Any:
+        """Enable (restarting from now: runs due while disabled are not replayed) or disable."""
+        from haosq import schedules as defs
+        from haosq.db.queries import schedules as schedule_sql
+
+        now = self.clock.now()
+        with self.db.connection() as conn, conn.transaction():
+            row = schedule_sql.lock_schedule(conn, name)
+            if row is None:
+                raise defs.ScheduleNotFound(f"no schedule named {name!r}")
+            restart = None
+            if enabled and not row["enabled"]:
+                restart = defs.trigger_of(row).next_after(now)
+            schedule_sql.set_enabled(conn, name, enabled, restart, now)
+            return defs.Schedule.from_row(self._schedule_row(conn, name))
+
+    def run_schedule_now(self, name: str) -> Job:
+        """Enqueue one run of a schedule now, outside its timetable (its next run is unchanged)."""
+        from haosq import schedules as defs
+        from haosq.db.queries import schedules as schedule_sql
+
+        now = self.clock.now()
+        with self.db.connection() as conn, conn.transaction():
+            row = schedule_sql.lock_schedule(conn, name)
+            if row is None:
+                raise defs.ScheduleNotFound(f"no schedule named {name!r}")
+            job_id = schedule_sql.enqueue_run(conn, row, now, now, enqueued_by="run-now", manual=True)
+            if job_id is None:
+                raise defs.InvalidSchedule(f"schedule {name!r} already has a run at {now.isoformat()}")
+            found = job_sql.get_job(conn, job_id)
+        assert found is not None
+        return Job.from_row(found)
+
+    @staticmethod
+    def _schedule_row(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
+        from haosq.db.queries import schedules as schedule_sql
+
+        found = schedule_sql.get_schedule(conn, name)
+        assert found is not None
+        return found
+
     def close(self) -> None:
         self.db.close()
 
@@ -384,6 +481,29 @@ class JobQueue:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- digests -------------------------------------------------------------------------
+
+    def add_digest_item(
+        self,
+        recipient: str,
+        channel: str,
+        item: Mapping[str, Any],
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> int:
+        """Collect `item` (a JSON object) for the next `email:digest` / `notification:digest`
+        of `recipient` on `channel`; returns its id. With `conn`, it joins that transaction."""
+        from haosq.db.queries import digests as digest_sql
+
+        for name, value in (("recipient", recipient), ("channel", channel)):
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidJob(f"invalid digest item: {name} must be a non-empty string")
+        serialise_payload(item, self.settings["max_payload_bytes"])  # same limits as a payload
+        if conn is not None:
+            return digest_sql.add_item(conn, recipient, channel, dict(item))
+        with self.db.connection() as own:
+            return digest_sql.add_item(own, recipient, channel, dict(item))
 
 
 class _LazyJobQueue:

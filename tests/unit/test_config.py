@@ -71,6 +71,9 @@ def test_invalid_configuration_names_the_key(tmp_path, text, env, fragment):
 def test_missing_explicit_config_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(env={}, config_file=tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="HAOSQ_CONFIG"):
+        load_settings(env={"HAOSQ_CONFIG": str(tmp_path / "nope.toml")})
+    assert load_settings(env={"HAOSQ_CONFIG": "/dev/null"}).config_file == Path("/dev/null")
 
 
 def test_open_sections_are_kept_for_their_owners(tmp_path):
