@@ -31,6 +31,7 @@ import psycopg
 
 from haosq.config import Settings
 from haosq.db.connection import Database
+from haosq.db.queries import checkpoints as checkpoint_sql
 from haosq.errors import ConfigError, UnknownJobType
 from haosq.models import Job
 
@@ -99,6 +100,7 @@ class JobContext:
     database: Database | None = None
     deadline: datetime | None = None
     followups: list[FollowUp] = field(default_factory=list)
+    _checkpoints: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -123,6 +125,25 @@ class JobContext:
     def enqueue_on_success(self, job_type: str, payload: dict[str, Any], **options: Any) -> None:
         """Add a follow-up job, enqueued atomically with this job's completion."""
         self.followups.append(FollowUp(job_type, payload, options))
+
+    # Checkpoints: units of work this job has finished, kept across its retries (table
+    # haosq.job_checkpoints), so that a retry after a crash skips them instead of doing them
+    # twice. Without a database they live in memory, for the life of this context.
+
+    def checkpoints(self) -> dict[str, Any]:
+        """Every checkpoint recorded by this job so far: key -> value."""
+        if self.database is None:
+            return dict(self._checkpoints)
+        with self.connection() as conn:
+            return checkpoint_sql.load_checkpoints(conn, self.job.id)
+
+    def checkpoint_done(self, key: str, value: Any = True) -> None:
+        """Record `key` as done (durably, at once) with a JSON `value`."""
+        if self.database is None:
+            self._checkpoints[key] = value
+            return
+        with self.connection() as conn:
+            checkpoint_sql.record_checkpoint(conn, self.job.id, key, value)
 
 
 @dataclass(frozen=True)
@@ -240,7 +261,10 @@ def _name(function: Callable[..., Any]) -> str:
 REGISTRY = Registry()
 handler = REGISTRY.handler
 
-BUILTIN_MODULES: tuple[str, ...] = ("haosq.handlers.demo",)
+BUILTIN_MODULES: tuple[str, ...] = (
+    "haosq.handlers.demo",
+    "haosq.handlers.email",
+)
 
 
 def load_builtin_handlers() -> None:

@@ -1,0 +1,450 @@
+"""The `email:*` job types: send, batch and digest, over SMTP (see haosq.handlers.mailer).
+
+- email:send    one message to one or many recipients
+- email:batch   one templated message per recipient, rate-limited and checkpointed
+- email:digest  pending digest items of a recipient, aggregated into one message
+
+Every message is an `email.message.EmailMessage` (it refuses CR/LF in headers) and the
+envelope recipients are passed explicitly, never parsed from headers. A retry never sends
+again to a recipient the server already accepted: each acceptance is checkpointed at once.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+
+from haosq.errors import PermanentError
+from haosq.handlers.digest_source import DigestBatch, claim_digest, finish_digest
+from haosq.handlers.htmltext import html_to_text
+from haosq.handlers.mailer import Refusal, SmtpConfig, SmtpSession, TemporarySmtpError
+from haosq.handlers.payloads import Payload, check_address, check_header_text, parse_payload
+from haosq.handlers.ratelimit import RateLimiter
+from haosq.handlers.registry import JobContext, handler
+
+EmailAddress = Annotated[str, AfterValidator(check_address)]
+HeaderText = Annotated[str, AfterValidator(check_header_text), Field(max_length=998)]
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,76}")
+# Headers the handler writes itself: a payload cannot override them through `headers`.
+_RESERVED_HEADERS = {
+    "from", "to", "cc", "bcc", "reply-to", "subject", "sender", "date", "message-id",
+    "mime-version", "content-type", "content-transfer-encoding", "content-disposition",
+    "return-path", "received",
+}
+
+
+class Mailbox(Payload):
+    address: EmailAddress
+    name: Annotated[str, AfterValidator(check_header_text), Field(max_length=200)] | None = None
+
+    def header(self) -> Address:
+        return Address(display_name=self.name or "", addr_spec=self.address)
+
+
+def _mailboxes(value: Any) -> Any:
+    """'a@x.org', {"address": ...}, or a list of either -> a list of mailbox dicts."""
+    items = value if isinstance(value, list) else [value]
+    return [{"address": item} if isinstance(item, str) else item for item in items]
+
+
+Mailboxes = Annotated[list[Mailbox], BeforeValidator(_mailboxes)]
+
+
+def _check_headers(headers: dict[str, str]) -> dict[str, str]:
+    for name in headers:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a valid header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"{name!r} is set from its own field and cannot be given in headers")
+    return headers
+
+
+ExtraHeaders = Annotated[dict[str, HeaderText], AfterValidator(_check_headers)]
+
+
+class Attachment(Payload):
+    path: str
+    filename: HeaderText | None = None
+    content_type: Annotated[str, Field(pattern=r"^[\w.+-]+/[\w.+-]+$")] | None = None
+
+
+def _attachments(value: Any) -> Any:
+    return [{"path": item} if isinstance(item, str) else item for item in (value or [])]
+
+
+class MessageFields(Payload):
+    """What every email job has besides its recipients and content."""
+
+    from_: Mailbox | None = Field(None, alias="from")
+    reply_to: Mailboxes = Field(default_factory=list)
+    headers: ExtraHeaders = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("from", "from_"):
+                if isinstance(data.get(key), str):
+                    data = {**data, key: {"address": data[key]}}
+        return data
+
+
+class SendEmail(MessageFields):
+    to: Annotated[Mailboxes, Field(min_length=1)]
+    cc: Mailboxes = Field(default_factory=list)
+    bcc: Mailboxes = Field(default_factory=list)
+    subject: HeaderText
+    html: str | None = None
+    text: str | None = None
+    attachments: Annotated[list[Attachment], BeforeValidator(_attachments)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_body(self) -> SendEmail:
+        if self.html is None and self.text is None:
+            raise ValueError("give html or text (or both)")
+        return self
+
+
+class BatchRecipient(Payload):
+    to: Annotated[Mailboxes, Field(min_length=1)]
+    variables: dict[str, Any] = Field(default_factory=dict)
+
+
+def _batch_recipients(value: Any) -> Any:
+    """A recipient may be given as a bare address."""
+    if not isinstance(value, list):
+        return value
+    return [{"to": item} if isinstance(item, str) else item for item in value]
+
+
+class BatchEmail(MessageFields):
+    recipients: Annotated[
+        list[BatchRecipient], BeforeValidator(_batch_recipients), Field(min_length=1, max_length=100_000)
+    ]
+    subject: str
+    html: str | None = None
+    text: str | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    rate_per_second: Annotated[float, Field(gt=0)] | None = None
+    rate_per_minute: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _has_body(self) -> BatchEmail:
+        if self.html is None and self.text is None:
+            raise ValueError("give html or text (or both)")
+        return self
+
+
+DEFAULT_DIGEST_SUBJECT = "Your digest: {{ count }} new item{{ 's' if count != 1 else '' }}"
+DEFAULT_DIGEST_HTML = """<h1>{{ count }} new item{{ 's' if count != 1 else '' }}</h1>
+<ul>{% for item in items %}
+<li>{% if item.url %}<a href="{{ item.url }}">{{ item.title or item.url }}</a>
+{%- else %}{{ item.title }}{% endif %}
+{% if item.text or item.body %}<p>{{ item.text or item.body }}</p>{% endif %}</li>{% endfor %}
+</ul>"""
+
+
+class DigestEmail(MessageFields):
+    to: Annotated[Mailboxes, Field(min_length=1, max_length=1)]
+    recipient: Annotated[str, Field(min_length=1)] | None = None
+    channel: Annotated[str, Field(min_length=1)] = "email"
+    items: list[dict[str, Any]] | None = None
+    subject: str = DEFAULT_DIGEST_SUBJECT
+    html: str | None = None
+    text: str | None = None
+    max_items: Annotated[int, Field(ge=1, le=10_000)] = 100
+    send_empty: bool = False
+
+
+# -- templates ------------------------------------------------------------------------------
+
+_HTML_ENV = SandboxedEnvironment(autoescape=True, undefined=jinja2.StrictUndefined)
+_TEXT_ENV = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined)
+
+
+def compile_template(source: str | None, field: str, *, html: bool) -> jinja2.Template | None:
+    if source is None:
+        return None
+    try:
+        return (_HTML_ENV if html else _TEXT_ENV).from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise PermanentError(f"invalid payload: field {field!r} is not a valid template: {exc}") from None
+
+
+def render(template: jinja2.Template | None, variables: dict[str, Any], field: str) -> str | None:
+    if template is None:
+        return None
+    try:
+        return template.render(**variables)
+    except jinja2.TemplateError as exc:
+        raise PermanentError(f"invalid payload: field {field!r}: template error: {exc}") from None
+
+
+# -- messages -------------------------------------------------------------------------------
+
+def resolve_attachment(path: str, config: SmtpConfig, field: str) -> Path:
+    """An existing regular file under a configured attachment root (symlinks resolved first)."""
+    if not config.attachment_roots:
+        raise PermanentError(
+            f"invalid payload: field {field!r}: attachments are disabled "
+            "(set attachment_root in [handlers.smtp] or HAOSQ_ATTACHMENT_ROOT)"
+        )
+    for root in config.attachment_roots:
+        real_root = os.path.realpath(root)
+        candidate = os.path.realpath(os.path.join(real_root, path))
+        if os.path.commonpath([real_root, candidate]) == real_root and os.path.isfile(candidate):
+            size = os.path.getsize(candidate)
+            if size > config.max_attachment_bytes:
+                raise PermanentError(
+                    f"invalid payload: field {field!r}: {size} bytes is over the attachment limit "
+                    f"of {config.max_attachment_bytes}"
+                )
+            return Path(candidate)
+    raise PermanentError(
+        f"invalid payload: field {field!r}: {path!r} is not a file under an allowed attachment root"
+    )
+
+
+def build_message(
+    *,
+    sender: Mailbox,
+    to: Sequence[Mailbox],
+    cc: Sequence[Mailbox] = (),
+    reply_to: Sequence[Mailbox] = (),
+    subject: str,
+    html: str | None,
+    text: str | None,
+    headers: dict[str, str],
+    attachments: Sequence[tuple[Path, Attachment]] = (),
+    message_id: str,
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender.header()
+    message["To"] = tuple(m.header() for m in to)
+    if cc:
+        message["Cc"] = tuple(m.header() for m in cc)
+    if reply_to:
+        message["Reply-To"] = tuple(m.header() for m in reply_to)
+    message["Subject"] = subject
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = message_id
+    for name, value in headers.items():
+        message[name] = value
+    message.set_content(text if text is not None else html_to_text(html or ""))
+    if html is not None:
+        message.add_alternative(html, subtype="html")
+    for path, spec in attachments:
+        content_type = spec.content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        maintype, subtype = content_type.split("/", 1)
+        message.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype,
+                               filename=spec.filename or path.name)
+    return message
+
+
+def message_id(ctx: JobContext, sender: Mailbox, part: str = "") -> str:
+    """Stable across retries, so that a receiving system can recognise a repeated message."""
+    domain = sender.address.rsplit("@", 1)[1]
+    return f"<haosq.{ctx.job_id}{'.' + part if part else ''}@{domain}>"
+
+
+def sender_of(fields: MessageFields, config: SmtpConfig) -> Mailbox:
+    if fields.from_ is not None:
+        return fields.from_
+    if config.default_from:
+        return Mailbox(address=config.default_from)
+    raise PermanentError(
+        "invalid payload: field 'from' is required (no default sender: set from in [handlers.smtp] "
+        "or HAOSQ_SMTP_FROM)"
+    )
+
+
+def envelope(*groups: Sequence[Mailbox]) -> list[str]:
+    seen: dict[str, str] = {}
+    for group in groups:
+        for mailbox in group:
+            seen.setdefault(mailbox.address.lower(), mailbox.address)
+    return list(seen.values())
+
+
+# -- email:send -----------------------------------------------------------------------------
+
+@handler("email:send")
+def send_email(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Send one email to one or many recipients."""
+    fields = parse_payload(SendEmail, payload)
+    config = SmtpConfig.from_context(ctx)
+    sender = sender_of(fields, config)
+    files = [(resolve_attachment(a.path, config, f"attachments[{i}]"), a)
+             for i, a in enumerate(fields.attachments)]
+    message = build_message(
+        sender=sender, to=fields.to, cc=fields.cc, reply_to=fields.reply_to, subject=fields.subject,
+        html=fields.html, text=fields.text, headers=fields.headers, attachments=files,
+        message_id=message_id(ctx, sender),
+    )
+    recipients = envelope(fields.to, fields.cc, fields.bcc)
+    done = ctx.checkpoints()
+    remaining = [r for r in recipients if f"rcpt:{r}" not in done]
+    if remaining:
+        ctx.log.info("sending email", recipients=len(remaining), subject=fields.subject)
+        with SmtpSession(config) as session:
+            refusals = session.send(message, sender.address, remaining)
+        refused = {r.address.lower(): r for r in refusals}
+        temporary = []
+        for address in remaining:
+            refusal = refused.get(address.lower())
+            if refusal is None:
+                ctx.checkpoint_done(f"rcpt:{address}", {"status": "sent"})
+            elif refusal.permanent:
+                ctx.checkpoint_done(f"rcpt:{address}", {"status": "failed", **refusal.as_json()})
+                ctx.log.warn("recipient refused", **refusal.as_json())
+            else:
+                temporary.append(refusal)
+        if temporary:
+            raise TemporarySmtpError(
+                "recipients deferred, retrying: "
+                + ", ".join(f"{r.address} ({r.code} {r.reason})" for r in temporary)
+            )
+        done = ctx.checkpoints()
+    sent = [r for r in recipients if done.get(f"rcpt:{r}", {}).get("status") == "sent"]
+    failed = [
+        {k: v for k, v in done[f"rcpt:{r}"].items() if k != "status"}
+        for r in recipients if done.get(f"rcpt:{r}", {}).get("status") == "failed"
+    ]
+    if not sent:
+        raise PermanentError(
+            "every recipient was refused: "
+            + ", ".join(f"{f['address']} ({f['code']} {f['reason']})" for f in failed)
+        )
+    return {"sent": sent, "failed": failed, "message_id": message["Message-ID"]}
+
+
+# -- email:batch ----------------------------------------------------------------------------
+
+@handler("email:batch")
+def send_batch(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Send one templated email per recipient, rate-limited, never twice to one recipient."""
+    fields = parse_payload(BatchEmail, payload)
+    config = SmtpConfig.from_context(ctx)
+    sender = sender_of(fields, config)
+    subject_t = compile_template(fields.subject, "subject", html=False)
+    html_t = compile_template(fields.html, "html", html=True)
+    text_t = compile_template(fields.text, "text", html=False)
+
+    # Render every message before sending any: a template error fails the job untouched.
+    messages = []
+    for index, recipient in enumerate(fields.recipients):
+        variables = {**fields.variables, **recipient.variables, "recipient": recipient.to[0].address}
+        where = f"recipients[{index}]"
+        subject = (render(subject_t, variables, f"{where}: subject") or "").strip()
+        html = render(html_t, variables, f"{where}: html")
+        text = render(text_t, variables, f"{where}: text")
+        try:
+            message = build_message(
+                sender=sender, to=recipient.to, reply_to=fields.reply_to, subject=subject,
+                html=html, text=text, headers=fields.headers,
+                message_id=message_id(ctx, sender, str(index)),
+            )
+        except ValueError as exc:
+            raise PermanentError(f"invalid payload: field {where!r}: {exc}") from None
+        messages.append((index, envelope(recipient.to), message))
+
+    limiter = RateLimiter(fields.rate_per_second or config.rate_per_second,
+                          fields.rate_per_minute or config.rate_per_minute)
+    done = ctx.checkpoints()
+    deferred: list[str] = []
+    pending = [m for m in messages if f"msg:{m[0]}" not in done]
+    ctx.log.info("sending batch", total=len(messages), remaining=len(pending))
+    with SmtpSession(config) as session:
+        for index, recipients, message in pending:
+            limiter.wait(ctx.cancelled)
+            try:
+                refusals = session.send(message, sender.address, recipients)
+            except PermanentError as exc:
+                record = {"status": "failed", "to": recipients, "reason": str(exc)}
+                ctx.checkpoint_done(f"msg:{index}", record)
+                continue
+            except TemporarySmtpError as exc:
+                deferred.append(f"{', '.join(recipients)}: {exc}")
+                continue
+            outcome = _batch_outcome(recipients, refusals)
+            if outcome is None:
+                deferred.append(", ".join(f"{r.address} ({r.code} {r.reason})" for r in refusals))
+                continue
+            ctx.checkpoint_done(f"msg:{index}", outcome)
+    if deferred:
+        raise TemporarySmtpError(f"{len(deferred)} message(s) deferred, retrying: " + "; ".join(deferred[:5]))
+    done = ctx.checkpoints()
+    sent, failed = [], []
+    for index, recipients, _ in messages:
+        record = done[f"msg:{index}"]
+        if record["status"] == "sent":
+            sent.append({"index": index, "to": recipients, "refused": record.get("refused", [])})
+        else:
+            failed.append({"index": index, "to": recipients, "reason": record["reason"]})
+    return {"sent": sent, "failed": failed, "total": len(messages)}
+
+
+def _batch_outcome(recipients: list[str], refusals: list[Refusal]) -> dict[str, Any] | None:
+    """The checkpoint for one batch message, or None when it should be tried again."""
+    if len(refusals) < len(recipients):
+        # Accepted for someone: never send it again, whatever happened to the others.
+        return {"status": "sent", "to": recipients, "refused": [r.as_json() for r in refusals]}
+    if all(r.permanent for r in refusals):
+        return {"status": "failed", "to": recipients,
+                "reason": "; ".join(f"{r.address}: {r.code} {r.reason}" for r in refusals)}
+    return None
+
+
+# -- email:digest ---------------------------------------------------------------------------
+
+@handler("email:digest")
+def send_digest(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Send a recipient's pending digest items as one email."""
+    fields = parse_payload(DigestEmail, payload)
+    config = SmtpConfig.from_context(ctx)
+    sender = sender_of(fields, config)
+    subject_t = compile_template(fields.subject, "subject", html=False)
+    html_source = fields.html or (None if fields.text else DEFAULT_DIGEST_HTML)
+    html_t = compile_template(html_source, "html", html=True)
+    text_t = compile_template(fields.text, "text", html=False)
+    to = fields.to[0]
+    recipient = fields.recipient or to.address
+
+    batch: DigestBatch = claim_digest(ctx, recipient, fields.channel, fields.items, fields.max_items)
+    if batch.already_sent is not None:
+        return batch.already_sent
+    if not batch.items and not fields.send_empty:
+        return {"sent": False, "items": 0, "recipient": recipient, "channel": fields.channel}
+    variables = {"items": batch.items, "count": len(batch.items), "recipient": recipient}
+    subject = (render(subject_t, variables, "subject") or "").strip()
+    try:
+        message = build_message(
+            sender=sender, to=fields.to, reply_to=fields.reply_to, subject=subject,
+            html=render(html_t, variables, "html"), text=render(text_t, variables, "text"),
+            headers=fields.headers, message_id=message_id(ctx, sender),
+        )
+    except ValueError as exc:
+        raise PermanentError(f"invalid payload: {exc}") from None
+    with SmtpSession(config) as session:
+        refusals = session.send(message, sender.address, [to.address])
+    if refusals:
+        refusal = refusals[0]
+        if not refusal.permanent:
+            raise TemporarySmtpError(f"{refusal.address} deferred: {refusal.code} {refusal.reason}")
+        raise PermanentError(f"{refusal.address} refused: {refusal.code} {refusal.reason}")
+    result = {"sent": True, "items": len(batch.items), "recipient": recipient, "channel": fields.channel,
+              "message_id": message["Message-ID"]}
+    return finish_digest(ctx, batch, result)
