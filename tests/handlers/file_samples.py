@@ -1,0 +1,112 @@
+"""Files made by the tests: images (with GPS EXIF, a decompression bomb), video, archives, malware markers."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+HAOSQ_MARKER = b"HAOSQ-TEST-MALWARE-7f3a9c1e-DO-NOT-SHIP"
+HAOSQ_SIGNATURE = "Haosq.Test.Marker"
+
+
+def make_image(path: Path, size: tuple[int, int] = (640, 480), fmt: str = "JPEG",
+               exif: Image.Exif | None = None) -> Path:
+    image = Image.new("RGB", size)
+    # A gradient with detail, so that encoders have something to compress.
+    pixels = image.load()
+    for x in range(size[0]):
+        for y in range(0, size[1], 4):
+            for dy in range(4):
+                if y + dy < size[1]:
+                    pixels[x, y + dy] = (x * 255 // size[0], y * 255 // size[1], (x ^ y) & 255)
+    options: dict[str, Any] = {"quality": 95} if fmt == "JPEG" else {}
+    if exif is not None:
+        options["exif"] = exif.tobytes()
+    image.save(path, format=fmt, **options)
+    return path
+
+
+def gps_exif(orientation: int = 1) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "haosq-test-camera"
+    gps = exif.get_ifd(0x8825)
+    gps.update({1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)})
+    return exif
+
+
+def make_bomb_png(path: Path, width: int = 40_000, height: int = 40_000) -> Path:
+    """A small PNG whose header declares a huge canvas (1.6 billion pixels)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(64)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def make_video(path: Path, seconds: float = 2.0, fps: int = 24, size: tuple[int, int] = (320, 240),
+               codec: str = "mpeg4", bit_rate: int = 4_000_000) -> Path:
+    """A short MP4 made with PyAV: a moving gradient, one colour per second."""
+    import av  # imported here: only the video tests pay for it
+
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.bit_rate = bit_rate
+        base = Image.new("RGB", size)
+        make_gradient = base.load()
+        for x in range(size[0]):
+            for y in range(size[1]):
+                make_gradient[x, y] = (x & 255, y & 255, (x * y) & 255)
+        for index in range(int(seconds * fps)):
+            second = index // fps
+            tint = Image.new("RGB", size, ((second * 90) % 256, 40, 200 - second * 60 % 200))
+            frame_image = Image.blend(base, tint, 0.5).rotate(index * 3)
+            frame = av.VideoFrame.from_image(frame_image)
+            frame.pts = index
+            frame.time_base = Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def make_zip_of_zeros(path: Path, size: int) -> Path:
+    """A zip holding one stored entry of `size` zero bytes, written sparsely (a hole on disk)."""
+    name = b"zeros.bin"
+    crc = 0
+    chunk = bytes(1024 * 1024)
+    for _ in range(size // len(chunk)):
+        crc = zlib.crc32(chunk, crc)
+    crc = zlib.crc32(bytes(size % len(chunk)), crc)
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, crc, size, size, len(name), 0) + name
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, crc, size, size,
+                          len(name), 0, 0, 0, 0, 0, 0) + name
+    with open(path, "wb") as handle:
+        handle.write(local)
+        handle.seek(len(local) + size)
+        offset = handle.tell()
+        handle.write(central)
+        handle.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), offset, 0))
+    return path
+
+
+def zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
