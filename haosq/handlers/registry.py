@@ -264,6 +264,7 @@ handler = REGISTRY.handler
 BUILTIN_MODULES: tuple[str, ...] = (
     "haosq.handlers.demo",
     "haosq.handlers.email",
+    "haosq.handlers.files",
 )
 
 
