@@ -98,6 +98,10 @@ def worker(
     log_level: Annotated[str | None, typer.Option(
         "--log-level", help="debug, info, warning, error (DEBUG=jobs:* also enables debug)",
         show_default=False)] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", envvar="HAOSQ_METRICS_PORT", min=0, max=65535,
+        help="serve Prometheus /metrics and /healthz on this port (e.g. 9464)",
+        show_default=False)] = None,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (graceful), or a second signal (at once)."""
     from haosq.daemon.duty import DEFAULT_DUTY_FACTORIES, DEFAULT_OBSERVER_FACTORIES
@@ -111,11 +115,14 @@ def worker(
     setup_logging(settings["log_level"])
     load_handlers(list(imports or []))
     load_plugins()
-    service = WorkerService(
-        settings,
-        duties=list(DEFAULT_DUTY_FACTORIES),
-        observer_factories=list(DEFAULT_OBSERVER_FACTORIES),
-    )
+    duties, observers = list(DEFAULT_DUTY_FACTORIES), list(DEFAULT_OBSERVER_FACTORIES)
+    if metrics_port is not None:
+        from haosq.daemon.metrics import metrics_factories
+
+        metrics_duty, metrics_observer = metrics_factories(metrics_port)
+        duties.append(metrics_duty)
+        observers.append(metrics_observer)
+    service = WorkerService(settings, duties=duties, observer_factories=observers)
     raise typer.Exit(service.run())
 
 

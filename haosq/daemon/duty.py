@@ -92,7 +92,7 @@ ObserverFactory = Callable[[DutyContext], WorkerObserver]
 # `haosq worker` command imports it.
 DEFAULT_DUTY_FACTORIES: list[DutyFactory] = []
 DEFAULT_OBSERVER_FACTORIES: list[ObserverFactory] = []
-PLUGIN_MODULES: list[str] = []
+PLUGIN_MODULES: list[str] = ["haosq.daemon.notify"]
 
 
 def register_duty(factory: DutyFactory) -> DutyFactory:

@@ -28,8 +28,9 @@ from prometheus_client.registry import Collector
 from psycopg.rows import dict_row
 
 from haosq.clock import Clock, SystemClock
-from haosq.daemon.duty import WorkerSnapshot
+from haosq.daemon.duty import DutyContext, DutyFactory, ObserverFactory, WorkerSnapshot
 from haosq.db.queries import metrics as queries
+from haosq.errors import ConfigError
 from haosq.models import Job
 from haosq.secrets import mask_text
 
@@ -257,7 +258,10 @@ class MetricsServer:
 
     # -- Duty -------------------------------------------------------------------------------
     def start(self) -> None:
-        server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
+        try:
+            server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
+        except OSError as exc:
+            raise ConfigError(f"metrics port {self.host}:{self.port}: {exc.strerror}") from None
         server.daemon_threads = True
         self._server = server
         self.port = server.server_address[1]
@@ -301,3 +305,23 @@ def _handler_for(metrics: MetricsServer) -> type[BaseHTTPRequestHandler]:
             return None
 
     return Handler
+
+
+def metrics_factories(port: int, host: str | None = None) -> tuple[DutyFactory, ObserverFactory]:
+    """A duty factory and an observer factory that share one MetricsServer per worker
+    (`haosq worker --metrics-port`). The bind address defaults to every interface, as
+    Prometheus exporters do; `[metrics] host` in the config file narrows it."""
+    servers: dict[str, MetricsServer] = {}
+
+    def server_for(context: DutyContext) -> MetricsServer:
+        if context.token not in servers:
+            section = context.settings.sections.get("metrics") or {}
+            settings = context.settings
+            stale = max(2 * settings["worker.heartbeat_interval_ms"],
+                        10 * settings["worker.poll_interval_ms"]) / 1000
+            servers[context.token] = MetricsServer(
+                context.database.url, port=port, host=host or str(section.get("host", "0.0.0.0")),
+                loop_stale_after=stale, clock=context.clock, snapshot_source=context.snapshot)
+        return servers[context.token]
+
+    return server_for, server_for

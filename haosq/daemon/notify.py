@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from haosq.clock import Clock, SystemClock
-from haosq.daemon.duty import WorkerSnapshot
+from haosq.daemon.duty import DutyContext, WorkerSnapshot, register_observer
 from haosq.models import Job
 from haosq.secrets import mask_text
 
@@ -132,3 +132,15 @@ class NotifyObserver:
 
     def on_stopping(self, snapshot: WorkerSnapshot) -> None:
         self.notifier.send("STOPPING=1", f"STATUS={status_line(snapshot)}")
+
+
+def notify_observer(context: DutyContext) -> NotifyObserver:
+    """The observer every `haosq worker` gets (silent outside systemd). The claim loop counts
+    as stuck after two heartbeats without a sign of life, or ten poll periods if longer."""
+    settings = context.settings
+    stale = max(2 * settings["worker.heartbeat_interval_ms"], 10 * settings["worker.poll_interval_ms"])
+    return NotifyObserver(loop_stale_after=stale / 1000, clock=context.clock)
+
+
+# Listed in PLUGIN_MODULES, so that `haosq worker` imports this module and registers it.
+register_observer(notify_observer)

@@ -146,6 +146,11 @@ class WorkerService:
         log.info("worker %s started (pid %s, %d thread(s), types: %s, listen: %s)",
                  self.identity.worker_id, self.identity.pid, self.concurrency,
                  ",".join(self.worker.selectors) or "none", self.settings["worker.listen"])
+        context = self.context()
+        # Observers first, so that they hear about the jobs of the very first claim.
+        for factory in self._observer_factories:
+            self.observers.append(factory(context))
+        self.worker.observers = self.observers
         self.worker.start()
         if self.settings["worker.listen"]:
             self.listener = Listener(
@@ -157,10 +162,6 @@ class WorkerService:
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop,
                                                   name="haosq-heartbeat", daemon=True)
         self._heartbeat_thread.start()
-        context = self.context()
-        for factory in self._observer_factories:
-            self.observers.append(factory(context))
-        self.worker.observers = self.observers
         for factory in self._duty_factories:
             duty = factory(context)
             duty.start()
