@@ -150,10 +150,9 @@ class BatchEmail(MessageFields):
 
 DEFAULT_DIGEST_SUBJECT = "Your digest: {{ count }} new item{{ 's' if count != 1 else '' }}"
 DEFAULT_DIGEST_HTML = """<h1>{{ count }} new item{{ 's' if count != 1 else '' }}</h1>
-<ul>{% for item in items %}
-<li>{% if item.url %}<a href="{{ item.url }}">{{ item.title or item.url }}</a>
-{%- else %}{{ item.title }}{% endif %}
-{% if item.text or item.body %}<p>{{ item.text or item.body }}</p>{% endif %}</li>{% endfor %}
+<ul>{% for item in items %}{% set text = item.get('text') or item.get('body') %}
+<li>{% if item.get('url') %}<a href="{{ item.url }}">{{ item.get('title') or item.url }}</a>
+{%- else %}{{ item.get('title', '') }}{% endif %}{% if text %}<p>{{ text }}</p>{% endif %}</li>{% endfor %}
 </ul>"""
 
 
