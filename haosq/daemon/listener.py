@@ -22,7 +22,7 @@ import psycopg
 JOBS_CHANNEL = "haosq_jobs"
 EVENTS_CHANNEL = "haosq_events"
 HEALTH_CHECK_SECONDS = 5.0
-NOTIFY_WAIT_SECONDS = 0.5
+NOTIFY_WAIT_SECONDS = 0.25
 RECONNECT_MAX_SECONDS = 5.0
 
 log = logging.getLogger("haosq.worker")

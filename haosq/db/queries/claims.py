@@ -50,9 +50,6 @@ RETURNING {columns}"""
 )
 
 _ALL_TYPES = sql.SQL("TRUE")
-_SELECTED_TYPES = sql.SQL(
-    "(type = ANY(%(types)s::text[]) OR split_part(type, ':', 1) = ANY(%(families)s::text[]))"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +73,24 @@ class TypeFilter:
         return self.everything or job_type in self.types or job_type.split(":", 1)[0] in self.families
 
 
+def _type_clause(type_filter: TypeFilter) -> sql.Composable:
+    """Families as ranges on `type` (`email:` <= type < `email;`, ';' sorting right after
+    ':'): the planner estimates a range from the column statistics, where it would guess a
+    tiny selectivity for split_part() and could trade the claim index for a sort."""
+    if type_filter.everything:
+        return _ALL_TYPES
+    parts: list[sql.Composable] = []
+    if type_filter.types:
+        parts.append(sql.SQL("type = ANY(%(types)s::text[])"))
+    for index in range(len(type_filter.families)):
+        parts.append(sql.SQL("(type >= {low} AND type < {high})").format(
+            low=sql.Placeholder(f"family_low_{index}"), high=sql.Placeholder(f"family_high_{index}")))
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+
+
 def claim_query(type_filter: TypeFilter) -> sql.Composed:
     return CLAIM.format(
-        type_filter=_ALL_TYPES if type_filter.everything else _SELECTED_TYPES,
+        type_filter=_type_clause(type_filter),
         columns=sql.SQL(", ").join(sql.SQL("j.") + sql.SQL(c.strip()) for c in CLAIM_COLUMNS.split(",")),
     )
 
@@ -87,10 +99,14 @@ def claim_params(
     type_filter: TypeFilter, limit: int, *, worker_id: str, pid: int, token: str,
     now: datetime | None,
 ) -> dict[str, Any]:
-    return {
+    params: dict[str, Any] = {
         "now": now, "limit": limit, "worker_id": worker_id, "pid": pid, "token": token,
-        "types": list(type_filter.types), "families": list(type_filter.families),
+        "types": list(type_filter.types),
     }
+    for index, family in enumerate(type_filter.families):
+        params[f"family_low_{index}"] = f"{family}:"
+        params[f"family_high_{index}"] = f"{family};"
+    return params
 
 
 def claim_jobs(

@@ -1,0 +1,370 @@
+"""The worker in this process against a real database: ordering, filtering, retries and
+backoff (with a frozen clock), errors, timeouts, cancel, the process executor, hooks."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+import tests.integration.worker_handlers  # noqa: F401  (registers the test:* handlers)
+from haosq.clock import FrozenClock
+from haosq.config import Settings
+from haosq.daemon.execution import RetryPolicy, backoff_delay
+from haosq.daemon.service import WorkerService
+from haosq.daemon.worker import JobWorker
+from haosq.db.queries.claims import TypeFilter, explain_claim
+from haosq.db.queries.jobs import database_now
+from haosq.errors import WorkerIdInUse
+from haosq.queue import JobQueue
+from tests.integration.worker_support import (
+    create_executions,
+    executions,
+    job_row,
+    wait_status,
+    wait_until,
+)
+
+FAST = {
+    "worker.heartbeat_interval_ms": 200,
+    "worker.poll_interval_ms": 50,
+    "worker.shutdown_timeout_seconds": 1.0,
+}
+
+
+@pytest.fixture
+def start_worker(settings: Settings, conn: psycopg.Connection) -> Iterator[Callable[..., WorkerService]]:
+    create_executions(conn)
+    services: list[WorkerService] = []
+
+    def start(**kwargs: Any) -> WorkerService:
+        overrides = {**FAST, **kwargs.pop("overrides", {})}
+        service = WorkerService(settings.with_overrides(**overrides), **kwargs)
+        services.append(service)
+        service.start()
+        return service
+
+    yield start
+    for service in services:
+        service.stop(timeout=0.5)
+
+
+def test_claim_plan_uses_the_partial_claim_index(queue: JobQueue, conn: psycopg.Connection) -> None:
+    queue.add_many([{"type": "test:record", "payload": {"n": i}} for i in range(3000)])
+    conn.execute("ANALYZE haosq.jobs")
+    for type_filter in (TypeFilter(), TypeFilter.from_selectors(["test", "tfam:one"])):
+        plan = explain_claim(conn, type_filter, 10)
+        assert "jobs_claim" in plan, plan
+        assert "Seq Scan" not in plan, plan
+
+
+def test_priority_then_due_time_then_id_and_scheduled_jobs_wait(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    now = database_now(conn)
+    low = queue.add("test:record", {"n": 1})
+    high = queue.add("test:record", {"n": 2}, priority=10)
+    older = queue.add("test:record", {"n": 3})
+    later = queue.add("test:record", {"n": 4}, priority=100, scheduled_at=now + timedelta(seconds=1))
+    conn.execute("UPDATE haosq.jobs SET due_at = due_at - interval '1 minute' WHERE id = %s",
+                  (older.id,))
+    start_worker(overrides={"worker.concurrency": 1, "worker.types": "test:record"})
+    wait_status(conn, later.id, "completed")
+    ran = executions(conn)
+    assert [r["n"] for r in ran] == [2, 3, 1, 4]
+    assert {low.id, high.id, older.id, later.id} == {r["job_id"] for r in ran}
+    assert ran[-1]["at"] >= now + timedelta(seconds=1)
+
+
+def test_type_filter_takes_families_and_exact_types(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    one = queue.add("tfam:one")
+    two = queue.add("tfam:two")
+    exact = queue.add("test:record")
+    other = queue.add("other:thing")
+    start_worker(overrides={"worker.types": "tfam,test:record"})
+    for job in (one, two, exact):
+        wait_status(conn, job.id, "completed")
+    time.sleep(0.2)
+    assert job_row(conn, other.id)["status"] == "pending"
+
+
+def test_worker_without_types_leaves_types_it_has_no_handler_for(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    foreign = queue.add("elsewhere:job")
+    mine = queue.add("test:record")
+    start_worker()
+    wait_status(conn, mine.id, "completed")
+    time.sleep(0.2)
+    assert job_row(conn, foreign.id)["status"] == "pending"
+
+
+def test_unknown_type_in_a_selected_family_fails_at_once(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    job = queue.add("test:no-such-handler", max_attempts=5)
+    start_worker(overrides={"worker.types": "test"})
+    row = wait_status(conn, job.id, "failed")
+    assert row["attempts"] == 1
+    assert "UnknownJobType" in row["error"] and "'test:no-such-handler'" in row["error"]
+
+
+def test_backoff_formula_bounds() -> None:
+    rng = random.Random(7)
+    for attempt in range(1, 12):
+        ceiling = min(100.0, 2.0 * 2 ** (attempt - 1))
+        for _ in range(50):
+            delay = backoff_delay(attempt, 2.0, 100.0, rng)
+            assert ceiling / 2 <= delay <= ceiling
+
+
+def test_retries_back_off_on_the_workers_clock_then_fail_with_traceback(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    job = queue.add("test:raise", max_attempts=3)
+    clock = FrozenClock(database_now(conn))
+    policy = RetryPolicy(base_seconds=10.0, cap_seconds=15.0, default_max_attempts=3,
+                         rng=random.Random(1))
+    start_worker(clock=clock, policy=policy, overrides={"worker.types": "test:raise"})
+
+    def failed_attempt(n: int) -> dict:
+        return wait_until(lambda: (r := job_row(conn, job.id))["attempts"] == n
+                          and r["status"] in ("pending", "failed") and r, message=f"attempt {n}")
+
+    first = failed_attempt(1)
+    assert first["status"] == "pending"
+    delay = (first["due_at"] - clock.now()).total_seconds()
+    assert 5.0 <= delay <= 10.0
+    assert first["retry_at"] == first["due_at"]
+    assert "ValueError: boom" in first["error"]
+
+    clock.advance(delay - 0.5)  # not yet due: the worker must leave it alone
+    time.sleep(0.3)
+    assert job_row(conn, job.id)["attempts"] == 1
+
+    clock.advance(0.5)
+    second = failed_attempt(2)
+    delay = (second["due_at"] - clock.now()).total_seconds()
+    assert 7.5 <= delay <= 15.0  # min(cap 15, 10 * 2) = 15, halved at worst
+
+    clock.advance(delay)
+    last = failed_attempt(3)
+    assert last["status"] == "failed"
+    assert last["completed_at"] is not None
+    assert "Traceback" in last["error"] and "ValueError: boom" in last["error"]
+
+
+def test_retry_after_and_permanent_error(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    later = queue.add("test:raise", {"retry_after": 42})
+    permanent = queue.add("test:raise", {"permanent": True}, max_attempts=5)
+    clock = FrozenClock(database_now(conn))
+    start_worker(clock=clock, overrides={"worker.types": "test:raise"})
+    row = wait_until(lambda: (r := job_row(conn, later.id))["attempts"] == 1
+                     and r["status"] == "pending" and r)
+    assert row["due_at"] == clock.now() + timedelta(seconds=42)
+    failed = wait_status(conn, permanent.id, "failed")
+    assert failed["attempts"] == 1
+    assert "PermanentError: bad input" in failed["error"]
+
+
+def test_timeout_fails_the_attempt_discards_the_late_result_and_keeps_capacity(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    hung = queue.add("test:hang", {"seconds": 1.5}, timeout=0.3, max_attempts=1)
+    start_worker(overrides={"worker.concurrency": 1, "worker.types": "test"})
+    row = wait_status(conn, hung.id, "failed", timeout=5)
+    assert "JobTimedOut" in row["error"] and "0.3s" in row["error"]
+    # The single thread is still stuck in the handler; a fresh one took its place.
+    after = queue.add("test:record")
+    wait_status(conn, after.id, "completed", timeout=1.0)
+    time.sleep(1.5)  # the hung handler returns now; its result must be discarded
+    row = job_row(conn, hung.id)
+    assert row["status"] == "failed" and row["result"] is None
+
+
+def test_non_json_result_fails_clearly_without_retry(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    job = queue.add("test:not-json", max_attempts=3)
+    start_worker(overrides={"worker.types": "test"})
+    row = wait_status(conn, job.id, "failed")
+    assert row["attempts"] == 1
+    assert "not JSON" in row["error"]
+
+
+def test_cancel_of_a_running_job(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    job = queue.add("test:slow", {"seconds": 30})
+    start_worker(overrides={"worker.types": "test"})
+    wait_until(lambda: executions(conn, job.id), message="the job to start")
+    started = time.monotonic()
+    queue.cancel(job.id)
+    row = wait_status(conn, job.id, "cancelled", timeout=3)
+    assert time.monotonic() - started < 2
+    assert row["completed_at"] is not None
+    assert "cancelled" in row["error"]
+
+
+def test_process_executor_runs_in_a_child_and_sends_logs_back(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    job = queue.add("test:proc-echo", {"value": 7})
+    start_worker(overrides={"worker.types": "test"})
+    row = wait_status(conn, job.id, "completed", timeout=20)
+    assert row["result"]["value"] == 7
+    assert row["result"]["pid"] != os.getpid()
+    logs = queue.logs(job.id)
+    assert [(entry.level, entry.message) for entry in logs] == [("info", "in the child")]
+
+
+def test_process_executor_kills_the_child_on_timeout_and_survives_a_dying_child(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    spin = queue.add("test:proc-spin", max_attempts=1, timeout=4.0)  # spawn takes a while
+    die = queue.add("test:proc-die", {"code": 3}, max_attempts=1)
+    start_worker(overrides={"worker.types": "test", "worker.concurrency": 2})
+    row = wait_status(conn, spin.id, "failed", timeout=20)
+    assert "JobTimedOut" in row["error"]
+    child = executions(conn, spin.id)[0]["pid"]
+    assert child != os.getpid()
+    wait_until(lambda: not _alive(child), timeout=3, message="the child to be gone")
+    dead = wait_status(conn, die.id, "failed", timeout=20)
+    assert "died (exit code 3)" in dead["error"]
+    after = queue.add("test:record")
+    wait_status(conn, after.id, "completed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): read its state.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_job_logs_are_written_in_batches(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    import haosq.handlers.demo  # noqa: F401
+
+    ids = [queue.add("demo:echo", {"value": i}).id for i in range(20)]
+    start_worker(overrides={"worker.types": "demo", "worker.concurrency": 4})
+    for job_id in ids:
+        wait_status(conn, job_id, "completed")
+    rows = conn.execute("SELECT job_id, attempt, message FROM haosq.job_logs WHERE job_id = ANY(%s)",
+                        (ids,)).fetchall()
+    assert sorted(r["job_id"] for r in rows) == sorted(ids)
+    assert {r["attempt"] for r in rows} == {1}
+
+
+class RecordingWorker(JobWorker):
+    events: list[tuple[str, int, Any]] = []
+
+    def on_job_start(self, job: Any) -> None:
+        self.events.append(("start", job.id, None))
+
+    def on_job_complete(self, job: Any, result: Any) -> None:
+        self.events.append(("complete", job.id, result))
+
+    def on_job_failed(self, job: Any, error: BaseException) -> None:
+        self.events.append(("failed", job.id, type(error).__name__))
+
+
+def test_job_worker_hooks(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    ok = queue.add("test:record", {"n": 5})
+    bad = queue.add("test:raise", {"permanent": True})
+    start_worker(worker_class=RecordingWorker, overrides={"worker.types": "test"})
+    wait_status(conn, ok.id, "completed")
+    wait_status(conn, bad.id, "failed")
+    events = RecordingWorker.events
+    assert ("start", ok.id, None) in events and ("complete", ok.id, {"n": 5}) in events
+    assert ("start", bad.id, None) in events and ("failed", bad.id, "PermanentError") in events
+
+
+def test_worker_id_is_unique_among_live_workers(
+    conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    first = start_worker(overrides={"worker.id": "mail-1"})
+    with pytest.raises(WorkerIdInUse, match="mail-1"):
+        start_worker(overrides={"worker.id": "mail-1"})
+    # A holder whose heartbeat is stale is marked dead and the name reused.
+    first.stop(timeout=0.1)
+    conn.execute("UPDATE haosq.workers SET status = 'active', last_heartbeat = now() - interval '1 hour'"
+                 " WHERE token = %s", (first.token,))
+    second = start_worker(overrides={"worker.id": "mail-1"})
+    statuses = dict(conn.execute("SELECT token::text, status FROM haosq.workers").fetchall()
+                    and [(r["token"], r["status"]) for r in
+                         conn.execute("SELECT token::text AS token, status FROM haosq.workers")])
+    assert statuses[first.token] == "dead"
+    assert statuses[second.token] == "active"
+
+
+def test_observers_and_snapshot(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    seen: list[str] = []
+
+    class Observer:
+        def on_ready(self, snapshot: Any) -> None:
+            seen.append("ready")
+
+        def on_heartbeat(self, snapshot: Any) -> None:
+            seen.append("heartbeat")
+
+        def on_job_claimed(self, job: Any) -> None:
+            seen.append(f"claimed:{job.id}")
+
+        def on_job_finished(self, job: Any, outcome: str, duration: float) -> None:
+            seen.append(f"{outcome}:{job.id}")
+
+        def on_database_error(self, error: BaseException) -> None:
+            seen.append("db-error")
+
+        def on_stopping(self, snapshot: Any) -> None:
+            seen.append("stopping")
+
+    started: list[str] = []
+
+    class Duty:
+        name = "probe"
+
+        def __init__(self, context: Any) -> None:
+            self.context = context
+
+        def start(self) -> None:
+            started.append(f"start:{self.context.worker_id}")
+
+        def stop(self, timeout: float) -> None:
+            started.append("stop")
+
+    service = start_worker(observers=[Observer()], duties=[Duty],
+                           overrides={"worker.types": "test"})
+    job = queue.add("test:record")
+    wait_status(conn, job.id, "completed")
+    wait_until(lambda: "heartbeat" in seen, message="a heartbeat")
+    snapshot = service.snapshot()
+    assert snapshot.ready and snapshot.processed == 1 and snapshot.succeeded == 1
+    assert snapshot.last_heartbeat_ok is not None
+    service.stop(timeout=0.5)
+    assert seen[0] == "ready"
+    assert f"claimed:{job.id}" in seen and f"completed:{job.id}" in seen and "stopping" in seen
+    assert started == [f"start:{service.worker_id}", "stop"]
+    assert service.snapshot().stopping
