@@ -15,6 +15,7 @@ from typer._click import exceptions as click_errors  # typer vendors click from 
 
 from haosq.cli import db as db_commands
 from haosq.cli import jobs as job_commands
+from haosq.cli import schedules as schedule_commands
 from haosq.cli import systemd as systemd_commands
 from haosq.cli import tui as tui_commands
 from haosq.cli import worker as worker_commands
@@ -55,6 +56,7 @@ db_commands.register(app)
 systemd_commands.register(app)
 worker_commands.register(app)
 tui_commands.register(app)
+schedule_commands.register(app)
 
 
 def _one_line(text: str) -> str:

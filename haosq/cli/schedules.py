@@ -1,0 +1,103 @@
+"""`haosq schedules list|add|remove|enable|disable|run-now`: recurring jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from haosq.cli.common import console, local_time, print_json, state
+from haosq.cli.jobs import read_payload
+
+schedules_app = typer.Typer(help="Recurring jobs: list, add, remove, enable, disable, run now.",
+                            no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="the schedule's name")]
+
+
+@schedules_app.command("list")
+def list_schedules(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Every schedule with its next due time and the outcome of its last run."""
+    schedules = state(ctx).queue.schedules()
+    if as_json:
+        print_json(schedules)
+        return
+    table = Table(title=f"{len(schedules)} schedule(s)", title_justify="left")
+    for column in ("name", "type", "when", "timezone", "enabled", "next due", "last due",
+                   "last outcome"):
+        table.add_column(column)
+    for s in schedules:
+        table.add_row(s.name, s.type, s.every, s.timezone, "yes" if s.enabled else "no",
+                      local_time(s.next_due_at) if s.enabled else "-", local_time(s.last_due_at),
+                      s.last_outcome or "-")
+    console.print(table, markup=False)
+
+
+@schedules_app.command("add")
+def add_schedule(
+    ctx: typer.Context,
+    name: NameArg,
+    job_type: Annotated[str, typer.Argument(metavar="TYPE", help="family:action, e.g. email:send")],
+    cron: Annotated[str | None, typer.Option(help="5-field cron, e.g. '0 3 * * *'")] = None,
+    every: Annotated[str | None, typer.Option("--every", help="an interval, e.g. 15m")] = None,
+    timezone: Annotated[str, typer.Option(help="IANA timezone the cron is read in")] = "UTC",
+    payload: Annotated[str | None, typer.Option(
+        "--payload", "-p", help="JSON payload: a file, '-' for stdin, or inline JSON")] = None,
+    priority: Annotated[int, typer.Option(help="higher runs first (-1000..1000)")] = 0,
+    max_attempts: Annotated[int | None, typer.Option(help="attempts before a run fails")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="a tag (repeatable)")] = None,
+    catch_up: Annotated[str, typer.Option(
+        help="runs missed while no daemon ran: none, latest or all")] = "latest",
+    catch_up_limit: Annotated[int, typer.Option(help="at most this many with 'all'")] = 10,
+    disabled: Annotated[bool, typer.Option("--disabled", help="create it disabled")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="replace a schedule of this name")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a recurring schedule (give --cron or --every)."""
+    body = read_payload(payload)
+    created = state(ctx).queue.schedule(
+        name, job_type, body, cron=cron, interval=every, timezone=timezone, priority=priority,
+        max_attempts=max_attempts, tags=tag or (), catch_up=catch_up,
+        catch_up_limit=catch_up_limit, enabled=not disabled, replace=replace)
+    if as_json:
+        print_json(created)
+    else:
+        console.print(f"added schedule {created.name} ({created.every}), next run "
+                      f"{local_time(created.next_due_at)}", markup=False)
+
+
+@schedules_app.command("remove")
+def remove_schedule(ctx: typer.Context, name: NameArg) -> None:
+    """Delete a schedule (jobs it enqueued stay)."""
+    state(ctx).queue.unschedule(name)
+    console.print(f"removed schedule {name}", markup=False)
+
+
+@schedules_app.command("enable")
+def enable_schedule(ctx: typer.Context, name: NameArg) -> None:
+    """Enable a schedule; it runs next at its next due time from now."""
+    found = state(ctx).queue.set_schedule_enabled(name, True)
+    console.print(f"enabled schedule {name}, next run {local_time(found.next_due_at)}", markup=False)
+
+
+@schedules_app.command("disable")
+def disable_schedule(ctx: typer.Context, name: NameArg) -> None:
+    """Disable a schedule (no runs until enabled again)."""
+    state(ctx).queue.set_schedule_enabled(name, False)
+    console.print(f"disabled schedule {name}", markup=False)
+
+
+@schedules_app.command("run-now")
+def run_now(ctx: typer.Context, name: NameArg, as_json: JsonFlag = False) -> None:
+    """Enqueue one run now, outside the timetable."""
+    job = state(ctx).queue.run_schedule_now(name)
+    if as_json:
+        print_json({"job_id": job.id, "type": job.type})
+    else:
+        console.print(f"enqueued job {job.id} ({job.type}) from schedule {name}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(schedules_app, name="schedules")
