@@ -15,6 +15,7 @@ from typer._click import exceptions as click_errors  # typer vendors click from 
 
 from haosq.cli import db as db_commands
 from haosq.cli import jobs as job_commands
+from haosq.cli import roles as role_commands
 from haosq.cli import schedules as schedule_commands
 from haosq.cli import systemd as systemd_commands
 from haosq.cli import tui as tui_commands
@@ -54,6 +55,7 @@ def root(
 job_commands.register(app)
 db_commands.register(app)
 systemd_commands.register(app)
+role_commands.register(app)
 worker_commands.register(app)
 tui_commands.register(app)
 schedule_commands.register(app)
