@@ -77,7 +77,9 @@ class WorkerProcess:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.output()}")
-            return " started (pid " in self.output()
+            row = conn.execute("SELECT 1 FROM haosq.workers WHERE pid = %s AND status = 'active'",
+                               (self.pid,)).fetchone()
+            return row is not None
 
         wait_until(ready, timeout, message="the worker to start")
 
