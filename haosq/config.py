@@ -133,6 +133,13 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("haosq"))
 
 
+def _present(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
 def config_file_candidates(env: Mapping[str, str]) -> list[Path]:
     if env.get("HAOSQ_CONFIG"):
         return [Path(env["HAOSQ_CONFIG"])]
@@ -204,6 +211,32 @@ class Settings:
             rows.append((option.key, shown, self.sources[option.key]))
         return rows
 
+    def describe_sections(self) -> list[tuple[str, str, str]]:
+        """(key, shown value, source) rows of the open sections ([handlers.smtp], [[schedules]],
+        …), one per leaf value, with secret-looking keys and URL passwords masked."""
+        from haosq.secrets import MASK, is_secret_key, mask_text
+
+        source = str(self.config_file) if self.config_file else "default"
+        rows: list[tuple[str, str, str]] = []
+
+        def walk(path: str, value: Any) -> None:
+            if isinstance(value, Mapping):
+                for key, item in value.items():
+                    if is_secret_key(str(key)) and not isinstance(item, Mapping | list):
+                        rows.append((f"{path}.{key}", MASK, source))
+                    else:
+                        walk(f"{path}.{key}", item)
+            elif isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
+                for index, item in enumerate(value):
+                    walk(f"{path}[{index}]", item)
+            else:
+                rows.append((path, mask_text(repr(value)), source))
+
+        for section in OPEN_SECTIONS:
+            if section in self.sections:
+                walk(section, self.sections[section])
+        return rows
+
 
 def _parse(option: Option, raw: Any, where: str) -> Any:
     try:
@@ -223,7 +256,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
     if explicit is not None and not explicit.exists():
         raise ConfigError(f"config file {explicit} does not exist (check --config / HAOSQ_CONFIG)")
     candidates = [explicit] if explicit else config_file_candidates(env)
-    found = next((path for path in candidates if path.exists()), None)
+    found = next((path for path in candidates if _present(path)), None)
     if found is not None:
         try:
             document = tomllib.loads(found.read_text())
