@@ -81,7 +81,7 @@ class HaosqApp(App[None]):
         if self.live:
             self._listener = threading.Thread(
                 target=self.source.listen, name="haosq-tui-listen", daemon=True,
-                args=(self._on_notify, self._stop, self._on_listen_state),
+                args=(self._db_notified, self._stop, self._listen_state_changed),
             )
             self._listener.start()
         if self.refresh_interval > 0:
@@ -93,10 +93,10 @@ class HaosqApp(App[None]):
 
     # -- refresh -----------------------------------------------------------------------
 
-    def _on_notify(self, channel: str, payload: str) -> None:
+    def _db_notified(self, channel: str, payload: str) -> None:
         self._from_thread(self.request_refresh)
 
-    def _on_listen_state(self, error: str | None) -> None:
+    def _listen_state_changed(self, error: str | None) -> None:
         if error:
             self._from_thread(self._set_error, error)
 

@@ -83,7 +83,7 @@ class JobDetailScreen(HaosqScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
-        self.sub_title = f"#{self.job_id}"
+        self.title = f"Job {self.job_id}"
         self.query_one("#detail-payload", Static).border_title = "Payload"
         self.query_one("#detail-result", Static).border_title = "Result"
         self.query_one("#detail-error", Static).border_title = "Error"
@@ -101,7 +101,8 @@ class JobDetailScreen(HaosqScreen):
             self.logs.extend(fresh)
         job, now = data.job, self.haosq.clock.now()
         status = job_status(job, now)
-        self.sub_title = f"#{job.id} {job.type} · {status}"
+        self.title = f"Job {job.id}"
+        self.sub_title = f"{job.type} · {status}"
         self.query_one("#detail-fields", Static).update(self._fields(job, status))
         self.query_one("#detail-payload", Static).update(json_view(job.payload))
         self.query_one("#detail-result", Static).update(json_view(job.result))

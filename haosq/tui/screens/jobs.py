@@ -20,7 +20,8 @@ from haosq.tui.screens.filter import FilterScreen, describe_filter
 PAGE = 200
 # Live refresh re-reads the rows on screen from the top; past this many, it waits for `g`.
 LIVE_ROWS = 1000
-FIXED_WIDTH = 2 + 9 + 20 + 11 + 5 + 6 + 15 + 8 * 2
+# The widths of the other columns, their cell padding and the scrollbar.
+FIXED_WIDTH = 1 + 7 + 16 + 10 + 3 + 4 + 14 + 8 * 2 + 2
 
 
 def job_status(job: Job, now: datetime) -> str:
@@ -66,13 +67,13 @@ class JobsScreen(HaosqScreen):
         super().on_mount()
         table = self.query_one("#jobs-table", DataTable)
         table.add_column(" ", key="mark", width=1)
-        table.add_column("ID", key="id", width=8)
-        table.add_column("Type", key="type", width=18)
+        table.add_column("ID", key="id", width=7)
+        table.add_column("Type", key="type", width=16)
         table.add_column("Status", key="status", width=10)
-        table.add_column("Pri", key="priority", width=4)
-        table.add_column("Try", key="attempts", width=5)
+        table.add_column("Pri", key="priority", width=3)
+        table.add_column("Try", key="attempts", width=4)
         table.add_column("Created", key="created", width=14)
-        table.add_column("Error / tags", key="info", width=max(12, self.app.size.width - FIXED_WIDTH))
+        table.add_column("Error / tags", key="info", width=max(8, self.app.size.width - FIXED_WIDTH))
         self.load(self.haosq.source.job_types, self._set_types, group="types")
 
     def _set_types(self, types: list[str]) -> None:

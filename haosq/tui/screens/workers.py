@@ -13,8 +13,9 @@ from haosq.tui.format import age, count
 from haosq.tui.screens.base import HaosqScreen
 from haosq.tui.screens.confirm import ConfirmScreen
 
-COLUMNS = (("Worker", 16), ("Host", 12), ("PID", 7), ("Status", 8), ("Slots", 5), ("Current jobs", 14),
-           ("Types", 14), ("Processed", 9), ("OK", 9), ("Failed", 7), ("Heartbeat", 9))
+# The most telling columns first, so that 80 columns show them.
+COLUMNS = (("Worker", 12), ("Status", 7), ("Heartbeat", 9), ("Slots", 5), ("Current jobs", 14),
+           ("Host", 16), ("PID", 7), ("Types", 14), ("Processed", 9), ("OK", 9), ("Failed", 7))
 STATUS_STYLE = {"active": "green", "stopping": "yellow", "stopped": "bright_black", "dead": "red"}
 
 
@@ -51,16 +52,16 @@ class WorkersScreen(HaosqScreen):
             heartbeat = age(view.now, worker.last_heartbeat)
             table.add_row(
                 Text(worker.worker_id, style="bold" if worker.status == "active" else "dim"),
-                worker.hostname,
-                str(worker.pid),
                 Text(status, style="bold red" if stale else STATUS_STYLE.get(worker.status, "")),
+                Text(heartbeat, style="bold red reverse" if stale else ""),
                 f"{len(jobs)}/{worker.concurrency}",
                 " ".join(str(j) for j in jobs) or "-",
+                worker.hostname,
+                str(worker.pid),
                 ",".join(worker.job_types) or "all",
                 count(worker.jobs_processed),
                 count(worker.jobs_succeeded),
                 Text(count(worker.jobs_failed), style="red" if worker.jobs_failed else ""),
-                Text(heartbeat, style="bold red reverse" if stale else ""),
                 key=worker.token,
             )
         if table.row_count:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
@@ -11,15 +12,16 @@ from haosq.tui.format import count
 
 
 class StatusCard(Static):
-    """One status and its count; the border title names the status."""
+    """One status and its count, on a band of the status colour."""
 
     def __init__(self, status: str) -> None:
-        super().__init__("-", id=f"card-{status}", classes=f"status-card -{status}")
-        self.border_title = status
+        super().__init__("", id=f"card-{status}", classes=f"status-card -{status}")
         self.status = status
+        self.show(None)
 
     def show(self, value: int | None) -> None:
-        self.update("-" if value is None else count(value))
+        self.update(Text.assemble((self.status, "dim"), "\n",
+                                  ("-" if value is None else count(value), "bold")))
 
 
 class StatusCounts(Horizontal):
