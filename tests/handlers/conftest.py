@@ -210,3 +210,75 @@ def smtp_server(tls_ca: LocalCA) -> Iterator[Callable[..., SmtpPeer]]:
 def smtp(smtp_server: Callable[..., SmtpPeer]) -> SmtpPeer:
     """A plain SMTP server, no TLS, no auth."""
     return smtp_server()
+
+
+# -- HTTP(S) peers ----------------------------------------------------------------------------
+
+@dataclass
+class HttpRequestRecord:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+@dataclass
+class HttpPeer:
+    """A local HTTPS (or HTTP) server: records requests, answers through `respond`, or with
+    the scripted replies queued in `replies` first."""
+
+    url: str = ""
+    requests: list[HttpRequestRecord] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    respond: Callable[[HttpRequestRecord], Reply] = lambda request: (200, {}, b"{}")
+
+    def answer(self, request: HttpRequestRecord) -> Reply:
+        self.requests.append(request)
+        if self.replies:
+            return self.replies.pop(0)
+        return self.respond(request)
+
+
+@pytest.fixture
+def http_peer(tls_ca: LocalCA) -> Iterator[Callable[..., HttpPeer]]:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(*, tls: bool = True, names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> HttpPeer:
+        peer = HttpPeer()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                record = HttpRequestRecord("POST", self.path, {k.lower(): v for k, v in self.headers.items()},
+                                           self.rfile.read(length))
+                status, headers, body = peer.answer(record)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        if tls:
+            server.socket = tls_ca.server_context(*names).wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        peer.url = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
+        return peer
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
