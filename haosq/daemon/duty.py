@@ -92,7 +92,8 @@ ObserverFactory = Callable[[DutyContext], WorkerObserver]
 # `haosq worker` command imports it.
 DEFAULT_DUTY_FACTORIES: list[DutyFactory] = []
 DEFAULT_OBSERVER_FACTORIES: list[ObserverFactory] = []
-PLUGIN_MODULES: list[str] = ["haosq.daemon.notify"]
+PLUGIN_MODULES: list[str] = ["haosq.daemon.notify", "haosq.daemon.scheduler",
+                             "haosq.daemon.maintenance", "haosq.daemon.webhook_routes"]
 
 
 def register_duty(factory: DutyFactory) -> DutyFactory:

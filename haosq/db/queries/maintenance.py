@@ -1,0 +1,97 @@
+"""Maintenance queries: the per-period claim of a duty, and batched pruning.
+
+Pruning deletes in small batches, each its own short transaction (the caller's connection
+is in autocommit), so that no long transaction holds back vacuum or blocks the claim path;
+rows are picked with SKIP LOCKED so that a job being touched elsewhere is left for later.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+# One daemon per period: the row's last start must be at least one period old. The first
+# daemon to ask for a period wins it; the others get no row back.
+CLAIM_TASK = """
+INSERT INTO haosq.maintenance_runs AS m (task, last_started_at, run_by)
+VALUES (%(task)s, %(now)s, %(run_by)s)
+ON CONFLICT (task) DO UPDATE
+   SET last_started_at = excluded.last_started_at, run_by = excluded.run_by
+ WHERE m.last_started_at <= excluded.last_started_at - %(every)s
+RETURNING task
+"""
+
+
+def claim_task(
+    conn: psycopg.Connection[Any], task: str, now: datetime, every: timedelta, run_by: str
+) -> bool:
+    params = {"task": task, "now": now, "every": every, "run_by": run_by}
+    return conn.execute(CLAIM_TASK, params).fetchone() is not None
+
+
+def finish_task(
+    conn: psycopg.Connection[Any], task: str, now: datetime, result: dict[str, Any] | None,
+    error: str | None,
+) -> None:
+    conn.execute(
+        """UPDATE haosq.maintenance_runs
+              SET last_finished_at = %s, last_result = %s, last_error = %s
+            WHERE task = %s""",
+        (now, Jsonb(result) if result is not None else None, error, task),
+    )
+
+
+def task_runs(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return conn.execute(
+        """SELECT task, last_started_at, last_finished_at, last_result, last_error, run_by
+             FROM haosq.maintenance_runs ORDER BY task"""
+    ).fetchall()
+
+
+DELETE_JOB_LOGS = """
+DELETE FROM haosq.job_logs
+ WHERE id IN (SELECT id FROM haosq.job_logs WHERE created_at < %(cutoff)s
+              LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
+"""
+
+# Finished jobs by status and finish time (the jobs_completed_at index); their logs go
+# with them (ON DELETE CASCADE).
+DELETE_FINISHED_JOBS = """
+DELETE FROM haosq.jobs
+ WHERE id IN (SELECT id FROM haosq.jobs
+               WHERE completed_at < %(cutoff)s AND status = %(status)s
+               LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
+   AND status = %(status)s
+"""
+
+# Run records only guard due times a schedule has passed already; keep the recent ones
+# for `haosq schedules` history.
+DELETE_SCHEDULE_RUNS = """
+DELETE FROM haosq.schedule_runs r
+ WHERE (r.schedule_id, r.due_at) IN (
+       SELECT r2.schedule_id, r2.due_at
+         FROM haosq.schedule_runs r2
+         JOIN haosq.schedules s ON s.id = r2.schedule_id
+        WHERE r2.enqueued_at < %(cutoff)s AND r2.due_at < s.next_due_at
+        LIMIT %(batch)s FOR UPDATE OF r2 SKIP LOCKED)
+"""
+
+
+def delete_job_logs_batch(conn: psycopg.Connection[Any], cutoff: datetime, batch: int) -> int:
+    return conn.execute(DELETE_JOB_LOGS, {"cutoff": cutoff, "batch": batch}).rowcount
+
+
+def delete_finished_jobs_batch(
+    conn: psycopg.Connection[Any], status: str, cutoff: datetime, batch: int
+) -> int:
+    if status not in ("completed", "failed", "cancelled"):
+        raise ValueError(f"not a finished status: {status!r}")
+    params = {"cutoff": cutoff, "status": status, "batch": batch}
+    return conn.execute(DELETE_FINISHED_JOBS, params).rowcount
+
+
+def delete_schedule_runs_batch(conn: psycopg.Connection[Any], cutoff: datetime, batch: int) -> int:
+    return conn.execute(DELETE_SCHEDULE_RUNS, {"cutoff": cutoff, "batch": batch}).rowcount
