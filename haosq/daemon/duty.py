@@ -93,7 +93,7 @@ ObserverFactory = Callable[[DutyContext], WorkerObserver]
 DEFAULT_DUTY_FACTORIES: list[DutyFactory] = []
 DEFAULT_OBSERVER_FACTORIES: list[ObserverFactory] = []
 PLUGIN_MODULES: list[str] = ["haosq.daemon.notify", "haosq.daemon.scheduler",
-                             "haosq.daemon.maintenance"]
+                             "haosq.daemon.maintenance", "haosq.daemon.webhook_routes"]
 
 
 def register_duty(factory: DutyFactory) -> DutyFactory:
