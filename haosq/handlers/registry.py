@@ -265,6 +265,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "haosq.handlers.demo",
     "haosq.handlers.email",
     "haosq.handlers.files",
+    "haosq.handlers.matrix",
     "haosq.handlers.notifications",
 )
 
