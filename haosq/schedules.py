@@ -218,9 +218,9 @@ def plan_runs(
     trigger: Trigger, catch_up: str, catch_up_limit: int, next_due_at: datetime, now: datetime
 ) -> RunPlan:
     """The runs due at `now` for a schedule whose next run was due at `next_due_at`."""
-    following = trigger.next_after(now)
     if next_due_at > now:
         return RunPlan([], next_due_at)
+    following = trigger.next_after(now)
     keep = catch_up_limit if catch_up == "all" else 1
     due = trigger.fire_times(next_due_at, now, keep)
     if catch_up == "none":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -9,6 +10,7 @@ from rich.table import Table
 
 from haosq.cli.common import console, local_time, print_json, state
 from haosq.cli.jobs import read_payload
+from haosq.secrets import mask_job_fields
 
 schedules_app = typer.Typer(help="Recurring jobs: list, add, remove, enable, disable, run now.",
                             no_args_is_help=True)
@@ -22,7 +24,8 @@ def list_schedules(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Every schedule with its next due time and the outcome of its last run."""
     schedules = state(ctx).queue.schedules()
     if as_json:
-        print_json(schedules)
+        # Payloads may carry credentials: output never shows them (see haosq.secrets).
+        print_json([mask_job_fields(asdict(s)) for s in schedules])
         return
     table = Table(title=f"{len(schedules)} schedule(s)", title_justify="left")
     for column in ("name", "type", "when", "timezone", "enabled", "next due", "last due",
@@ -62,7 +65,7 @@ def add_schedule(
         max_attempts=max_attempts, tags=tag or (), catch_up=catch_up,
         catch_up_limit=catch_up_limit, enabled=not disabled, replace=replace)
     if as_json:
-        print_json(created)
+        print_json(mask_job_fields(asdict(created)))
     else:
         console.print(f"added schedule {created.name} ({created.every}), next run "
                       f"{local_time(created.next_due_at)}", markup=False)

@@ -288,7 +288,8 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 def test_cli_schedules_commands(cli_env, conn) -> None:
     added = run_cli(cli_env, "schedules", "add", "nightly", "reports:nightly", "--cron", "0 3 * * *",
-                    "--timezone", "Europe/Berlin", "--payload", '{"format": "pdf"}')
+                    "--timezone", "Europe/Berlin", "--payload",
+                    '{"format": "pdf", "smtp_password": "hunter2"}')
     assert added.returncode == 0, added.stderr
     assert "added schedule nightly (0 3 * * *)" in added.stdout
     duplicate = run_cli(cli_env, "schedules", "add", "nightly", "reports:nightly", "--every", "5m")
@@ -306,7 +307,9 @@ def test_cli_schedules_commands(cli_env, conn) -> None:
     assert listed.returncode == 0, listed.stderr
     import json
 
+    assert "hunter2" not in listed.stdout
     [row] = json.loads(listed.stdout)
+    assert row["payload"]["format"] == "pdf"
     assert (row["name"], row["enabled"], row["last_outcome"], row["timezone"]) == (
         "nightly", False, "pending", "Europe/Berlin")
     assert run_cli(cli_env, "schedules", "enable", "nightly").returncode == 0
@@ -316,3 +319,12 @@ def test_cli_schedules_commands(cli_env, conn) -> None:
     missing = run_cli(cli_env, "schedules", "remove", "nightly")
     assert missing.returncode == 2 and "no schedule named 'nightly'" in missing.stderr
     assert conn.execute("SELECT count(*) AS n FROM haosq.schedules").fetchone()["n"] == 0
+
+
+def test_cli_shows_a_job_for_later_as_scheduled(cli_env) -> None:
+    added = run_cli(cli_env, "add", "reports:build", "--in", "1h")
+    assert added.returncode == 0, added.stderr
+    listed = run_cli(cli_env, "jobs", "list")
+    assert "scheduled" in listed.stdout and "reports:build" in listed.stdout
+    only = run_cli(cli_env, "jobs", "list", "--status", "scheduled", "--json")
+    assert '"display_status": "scheduled"' in only.stdout
