@@ -13,11 +13,13 @@ Tasks (each can be tuned or disabled in the config file's `[maintenance]` sectio
     every = "1d"
     keep = "30d"
 
-    [maintenance.retention]     # finished jobs (with their logs) and old schedule-run records
+    [maintenance.retention]     # finished jobs (with their logs), old records of runs and workers
     every = "1h"
     completed = "7d"
     failed = "30d"
     cancelled = "7d"
+    schedule_runs = "30d"
+    workers = "7d"              # stopped and dead workers' rows
 
     [maintenance.old_files]     # the `cleanup:old-files` job, enqueued on a schedule
     cron = "0 3 * * *"          # default: daily at 03:00 (timezone: default UTC)
@@ -80,6 +82,7 @@ class MaintenanceConfig:
         "completed": timedelta(days=7), "failed": timedelta(days=30),
         "cancelled": timedelta(days=7)})
     schedule_runs_keep: timedelta = timedelta(days=30)
+    workers_keep: timedelta = timedelta(days=7)
     old_files: defs.ScheduleSpec | None = None
 
     @property
@@ -153,11 +156,13 @@ def load_maintenance_config(settings: Settings) -> MaintenanceConfig:
         job_logs_keep=(_duration(logs_table["keep"], "[maintenance.job_logs] keep")
                        if "keep" in logs_table else default.job_logs_keep),
         retention=_task(retention_table, "retention", default.retention, all_enabled,
-                        ("completed", "failed", "cancelled", "schedule_runs")),
+                        ("completed", "failed", "cancelled", "schedule_runs", "workers")),
         keep=keep,
         schedule_runs_keep=(_duration(retention_table["schedule_runs"],
                                       "[maintenance.retention] schedule_runs")
                             if "schedule_runs" in retention_table else default.schedule_runs_keep),
+        workers_keep=(_duration(retention_table["workers"], "[maintenance.retention] workers")
+                      if "workers" in retention_table else default.workers_keep),
         old_files=_old_files(section.get("old_files"), all_enabled,
                              settings["max_payload_bytes"]),
     )
@@ -300,6 +305,10 @@ class MaintenanceDuty:
         runs_cutoff = now - self.config.schedule_runs_keep
         result["schedule_runs"] = self._batched(
             lambda conn: maintenance_sql.delete_schedule_runs_batch(conn, runs_cutoff, batch))
+        # Worker rows are few (one per daemon start): one statement, on the database's clock
+        # like the heartbeats it compares with.
+        with self.database.connection() as conn:
+            result["workers"] = worker_sql.delete_old_workers(conn, self.config.workers_keep)
         return result
 
     def sync_old_files(self) -> bool:

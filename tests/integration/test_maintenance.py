@@ -110,6 +110,12 @@ def test_retention_deletes_old_finished_jobs_with_their_logs(settings, database,
     pending = add_job(conn, "pending")
     add_logs(conn, old_done[0], NOW - timedelta(days=8), 3)
     add_logs(conn, kept_failed, NOW - timedelta(days=8), 2)
+    for name, age in (("ancient", "8 days"), ("recent", "1 day")):
+        conn.execute(
+            """INSERT INTO haosq.workers (token, worker_id, pid, hostname, concurrency, status,
+                                          stopped_at)
+               VALUES (gen_random_uuid(), %s, 1, 'h', 1, 'stopped', now() - %s::interval)""",
+            (name, age))
     duty = make_duty(settings, database, clock, batch_size=3)
     result = duty.apply_retention(clock.now())
     assert (result["completed"], result["failed"], result["cancelled"]) == (7, 1, 0)
@@ -117,6 +123,8 @@ def test_retention_deletes_old_finished_jobs_with_their_logs(settings, database,
     assert left == {new_done, kept_failed, pending}
     assert old_failed not in left
     assert count(conn, "SELECT count(*) AS n FROM haosq.job_logs") == 2
+    assert result["workers"] == 1
+    assert [r["worker_id"] for r in conn.execute("SELECT worker_id FROM haosq.workers")] == ["recent"]
     # The status counters follow the deletions (statement triggers).
     counts = {r["status"]: r["n"] for r in conn.execute(
         "SELECT status, sum(delta) AS n FROM haosq.job_counts GROUP BY status")}
