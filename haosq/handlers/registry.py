@@ -267,6 +267,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "haosq.handlers.files",
     "haosq.handlers.matrix",
     "haosq.handlers.notifications",
+    "haosq.handlers.cleanup",
 )
 
 

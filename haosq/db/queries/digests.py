@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 
@@ -69,7 +69,7 @@ def release_claims(conn: psycopg.Connection[Any], job_id: int) -> int:
 
 
 def pending_count(conn: psycopg.Connection[Any], recipient: str, channel: str) -> int:
-    with conn.cursor() as cur:
+    with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(
             """SELECT count(*) FROM haosq.digest_items
                 WHERE recipient = %s AND channel = %s AND sent_at IS NULL""",
