@@ -279,4 +279,31 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
                 values[option.key] = _parse(option, env[name], f"environment {name}")
                 sources[option.key] = f"env {name}"
                 break
+    if values["database_url"] is None:
+        _database_url_from_file(env, values, sources)
     return Settings(values, sources, sections, found)
+
+
+def _database_url_from_file(env: Mapping[str, str], values: dict[str, Any], sources: dict[str, str]) -> None:
+    """The database URL from a file, so that its password is never on a command line or in
+    the environment: HAOSQ_DATABASE_URL_FILE, else the systemd credential `database-url`
+    (LoadCredential= in haosq-worker@.service)."""
+    candidates = []
+    if env.get("HAOSQ_DATABASE_URL_FILE"):
+        candidates.append((Path(env["HAOSQ_DATABASE_URL_FILE"]), "file HAOSQ_DATABASE_URL_FILE", True))
+    if env.get("CREDENTIALS_DIRECTORY"):
+        candidates.append((Path(env["CREDENTIALS_DIRECTORY"]) / "database-url", "credential database-url",
+                           False))
+    for path, source, required in candidates:
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            if required:
+                raise ConfigError(f"HAOSQ_DATABASE_URL_FILE: {path} does not exist") from None
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read {path}: {exc.strerror}") from None
+        if text:
+            values["database_url"] = text
+            sources["database_url"] = source
+            return

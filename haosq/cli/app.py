@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from typer._click import exceptions as click_errors  # typer vendors click from 0.29 on
 
+from haosq.cli import config as config_commands
 from haosq.cli import db as db_commands
 from haosq.cli import demo as demo_commands
 from haosq.cli import jobs as job_commands
@@ -57,6 +58,7 @@ job_commands.register(app)
 db_commands.register(app)
 systemd_commands.register(app)
 role_commands.register(app)
+config_commands.register(app)
 worker_commands.register(app)
 demo_commands.register(app)
 tui_commands.register(app)
