@@ -282,3 +282,49 @@ def http_peer(tls_ca: LocalCA) -> Iterator[Callable[..., HttpPeer]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+# -- a real worker --------------------------------------------------------------------------
+
+WORKER_OVERRIDES = {
+    "worker.heartbeat_interval_ms": 200,
+    "worker.poll_interval_ms": 50,
+    "worker.shutdown_timeout_seconds": 1.0,
+    "worker.backoff_base_seconds": 0.05,
+    "worker.backoff_cap_seconds": 0.2,
+}
+
+
+@pytest.fixture
+def handler_worker(settings: Settings) -> Iterator[Callable[..., Any]]:
+    """`handler_worker(handlers={...}, types="email")` starts the daemon's worker service in
+    this process, running the built-in handlers with that `[handlers]` configuration."""
+    from haosq.daemon.service import WorkerService
+
+    services: list[WorkerService] = []
+
+    def start(*, handlers: dict[str, Any], types: str, **overrides: Any) -> WorkerService:
+        load_builtin_handlers()
+        configured = settings.with_overrides(**{**WORKER_OVERRIDES, "worker.types": types, **overrides})
+        service = WorkerService(settings_with_handlers(configured, handlers))
+        services.append(service)
+        service.start()
+        return service
+
+    yield start
+    for service in services:
+        service.stop(timeout=1.0)
+
+
+def wait_finished(conn: Any, job_id: int, timeout: float = 15.0) -> dict[str, Any]:
+    """The job row once it is completed, failed or cancelled (polling the database)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute("SELECT * FROM haosq.jobs WHERE id = %s", (job_id,)).fetchone()
+        if row["status"] in ("completed", "failed", "cancelled"):
+            return dict(row)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {row['status']} after {timeout}s: {row['error']}")
+        time.sleep(0.02)
