@@ -79,6 +79,9 @@ OPTIONS: tuple[Option, ...] = (
            help="where the embedded PostgreSQL keeps its data"),
     Option("pool_max_size", _positive_int, 10, ("HAOSQ_POOL_MAX_SIZE",),
            help="connections per producer process (the daemon sizes its own pool)"),
+    Option("prepared_statements", _flag, True, ("HAOSQ_PREPARED_STATEMENTS",),
+           help="server-side prepared statements; false behind PgBouncer transaction pooling "
+                "(implied by worker.listen = false)"),
     Option("max_payload_bytes", _positive_int, 1024 * 1024, ("HAOSQ_MAX_PAYLOAD_BYTES",),
            help="largest accepted JSON payload"),
     Option("worker.concurrency", _positive_int, 1,

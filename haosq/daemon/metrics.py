@@ -59,6 +59,7 @@ class DatabaseProbe:
                 connect_timeout=max(1, int(self.timeout)),
                 options=f"-c statement_timeout={int(self.timeout * 1000)}",
                 application_name="haosq-metrics",
+                prepare_threshold=None,  # safe behind PgBouncer transaction pooling
             )
         return self._conn
 

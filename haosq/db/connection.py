@@ -179,6 +179,15 @@ class Database:
                     self._pool = self._open_pool()
         return self._pool
 
+    def _connection_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+        # PgBouncer in transaction mode hands each transaction to any server connection, where
+        # a statement prepared on another one does not exist: prepare nothing there. Polling
+        # mode (worker.listen = false) is how haosq runs behind it, so it implies this too.
+        if not self.settings["prepared_statements"] or not self.settings["worker.listen"]:
+            kwargs["prepare_threshold"] = None
+        return kwargs
+
     def _open_pool(self) -> ConnectionPool:
         url = self.url
         # Fail fast with a readable message instead of a pool that retries silently.
@@ -191,7 +200,7 @@ class Database:
             url,
             min_size=self._min_size,
             max_size=max(self._max_size, self._min_size),
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs=self._connection_kwargs(),
             open=False,
             name="haosq",
         )
