@@ -25,9 +25,10 @@ class DigestBatch:
 
 
 def claim_digest(
-    ctx: JobContext, recipient: str, channel: str, payload_items: list[Any] | None, limit: int
+    ctx: JobContext, recipient: str, channel: str, payload_items: list[Any] | None, limit: int,
+    *, key: str = CHECKPOINT,
 ) -> DigestBatch:
-    done = ctx.checkpoints().get(CHECKPOINT)
+    done = ctx.checkpoints().get(key)
     if done is not None:
         if done.get("ids") and ctx.database is not None:
             with ctx.connection() as conn:
@@ -40,10 +41,17 @@ def claim_digest(
     return DigestBatch(items=[row["item"] for row in rows], ids=[row["id"] for row in rows])
 
 
-def finish_digest(ctx: JobContext, batch: DigestBatch, result: dict[str, Any]) -> dict[str, Any]:
+def finish_digest(ctx: JobContext, batch: DigestBatch, result: dict[str, Any], *,
+                  key: str = CHECKPOINT) -> dict[str, Any]:
     """Record the sent message, then mark its items sent (a retry repeats only the marking)."""
-    ctx.checkpoint_done(CHECKPOINT, {"ids": batch.ids, "result": result})
+    ctx.checkpoint_done(key, {"ids": batch.ids, "result": result})
     if batch.ids:
         with ctx.connection() as conn:
             digest_sql.mark_sent(conn, batch.ids, ctx.job_id)
     return result
+
+
+def pending_recipients(ctx: JobContext, channel: str, limit: int) -> list[str]:
+    """Recipients with unsent items on `channel`, for a digest sent to every one of them."""
+    with ctx.connection() as conn:
+        return digest_sql.pending_recipients(conn, channel, limit)

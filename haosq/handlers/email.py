@@ -27,7 +27,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from haosq.errors import PermanentError
-from haosq.handlers.digest_source import DigestBatch, claim_digest, finish_digest
+from haosq.handlers.digest_source import DigestBatch, claim_digest, finish_digest, pending_recipients
 from haosq.handlers.htmltext import html_to_text
 from haosq.handlers.mailer import Refusal, SmtpConfig, SmtpSession, TemporarySmtpError
 from haosq.handlers.payloads import Payload, check_address, check_header_text, parse_payload
@@ -157,7 +157,8 @@ DEFAULT_DIGEST_HTML = """<h1>{{ count }} new item{{ 's' if count != 1 else '' }}
 
 
 class DigestEmail(MessageFields):
-    to: Annotated[Mailboxes, Field(min_length=1, max_length=1)]
+    to: Annotated[Mailboxes, Field(min_length=1, max_length=1)] | None = None
+    all_recipients: bool = False
     recipient: Annotated[str, Field(min_length=1)] | None = None
     channel: Annotated[str, Field(min_length=1)] = "email"
     items: list[dict[str, Any]] | None = None
@@ -165,7 +166,18 @@ class DigestEmail(MessageFields):
     html: str | None = None
     text: str | None = None
     max_items: Annotated[int, Field(ge=1, le=10_000)] = 100
+    max_recipients: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     send_empty: bool = False
+    rate_per_second: Annotated[float, Field(gt=0)] | None = None
+    rate_per_minute: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_audience(self) -> DigestEmail:
+        if (self.to is None) == (not self.all_recipients):
+            raise ValueError("give either to (one recipient) or allRecipients: true")
+        if self.all_recipients and (self.items is not None or self.recipient is not None):
+            raise ValueError("items and recipient go with to, not with allRecipients")
+        return self
 
 
 # -- templates ------------------------------------------------------------------------------
@@ -411,34 +423,45 @@ def _batch_outcome(recipients: list[str], refusals: list[Refusal]) -> dict[str, 
 
 @handler("email:digest")
 def send_digest(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """Send a recipient's pending digest items as one email."""
+    """Send a recipient's pending digest items as one email (or every recipient's)."""
     fields = parse_payload(DigestEmail, payload)
     config = SmtpConfig.from_context(ctx)
     sender = sender_of(fields, config)
-    subject_t = compile_template(fields.subject, "subject", html=False)
     html_source = fields.html or (None if fields.text else DEFAULT_DIGEST_HTML)
-    html_t = compile_template(html_source, "html", html=True)
-    text_t = compile_template(fields.text, "text", html=False)
-    to = fields.to[0]
-    recipient = fields.recipient or to.address
+    templates = (compile_template(fields.subject, "subject", html=False),
+                 compile_template(html_source, "html", html=True),
+                 compile_template(fields.text, "text", html=False))
+    with SmtpSession(config) as session:
+        if fields.to is not None:
+            to = fields.to[0]
+            return _one_digest(ctx, fields, session, sender, templates, to, fields.recipient or to.address,
+                               fields.items, "digest")
+        return _every_digest(ctx, fields, session, sender, templates, config)
 
-    batch: DigestBatch = claim_digest(ctx, recipient, fields.channel, fields.items, fields.max_items)
+
+Templates = tuple[jinja2.Template | None, jinja2.Template | None, jinja2.Template | None]
+
+
+def _one_digest(ctx: JobContext, fields: DigestEmail, session: SmtpSession, sender: Mailbox,
+                templates: Templates, to: Mailbox, recipient: str, items: list[Any] | None,
+                key: str) -> dict[str, Any]:
+    batch: DigestBatch = claim_digest(ctx, recipient, fields.channel, items, fields.max_items, key=key)
     if batch.already_sent is not None:
         return batch.already_sent
     if not batch.items and not fields.send_empty:
         return {"sent": False, "items": 0, "recipient": recipient, "channel": fields.channel}
+    subject_t, html_t, text_t = templates
     variables = {"items": batch.items, "count": len(batch.items), "recipient": recipient}
     subject = (render(subject_t, variables, "subject") or "").strip()
     try:
         message = build_message(
-            sender=sender, to=fields.to, reply_to=fields.reply_to, subject=subject,
+            sender=sender, to=[to], reply_to=fields.reply_to, subject=subject,
             html=render(html_t, variables, "html"), text=render(text_t, variables, "text"),
-            headers=fields.headers, message_id=message_id(ctx, sender),
+            headers=fields.headers, message_id=message_id(ctx, sender, key),
         )
     except ValueError as exc:
         raise PermanentError(f"invalid payload: {exc}") from None
-    with SmtpSession(config) as session:
-        refusals = session.send(message, sender.address, [to.address])
+    refusals = session.send(message, sender.address, [to.address])
     if refusals:
         refusal = refusals[0]
         if not refusal.permanent:
@@ -446,4 +469,41 @@ def send_digest(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         raise PermanentError(f"{refusal.address} refused: {refusal.code} {refusal.reason}")
     result = {"sent": True, "items": len(batch.items), "recipient": recipient, "channel": fields.channel,
               "message_id": message["Message-ID"]}
-    return finish_digest(ctx, batch, result)
+    return finish_digest(ctx, batch, result, key=key)
+
+
+def _every_digest(ctx: JobContext, fields: DigestEmail, session: SmtpSession, sender: Mailbox,
+                  templates: Templates, config: SmtpConfig) -> dict[str, Any]:
+    """One digest per recipient with pending items on the channel (recipients are addresses)."""
+    limiter = RateLimiter(fields.rate_per_second or config.rate_per_second,
+                          fields.rate_per_minute or config.rate_per_minute)
+    done = ctx.checkpoints()
+    recipients = pending_recipients(ctx, fields.channel, fields.max_recipients)
+    # Recipients finished by an earlier attempt (their items are already marked sent).
+    recipients = sorted(set(recipients) | {k.split(":", 1)[1] for k in done if k.startswith("digest:")})
+    deferred: list[str] = []
+    for recipient in recipients:
+        key = f"digest:{recipient}"
+        if key in done:
+            continue
+        try:
+            to = Mailbox(address=recipient)
+        except ValueError:
+            ctx.checkpoint_done(key, {"result": {"sent": False, "recipient": recipient,
+                                                 "reason": "not a valid email address"}})
+            continue
+        limiter.wait(ctx.cancelled)
+        try:
+            _one_digest(ctx, fields, session, sender, templates, to, recipient, None, key)
+        except PermanentError as exc:
+            ctx.checkpoint_done(key, {"result": {"sent": False, "recipient": recipient, "reason": str(exc)}})
+        except TemporarySmtpError as exc:
+            deferred.append(str(exc))
+    if deferred:
+        raise TemporarySmtpError(f"{len(deferred)} digest(s) deferred, retrying: " + "; ".join(deferred[:5]))
+    done = ctx.checkpoints()
+    results = [done[f"digest:{r}"]["result"] for r in recipients if f"digest:{r}" in done]
+    sent = [r for r in results if r.get("sent")]
+    failed = [{"recipient": r["recipient"], "reason": r["reason"]} for r in results if not r.get("sent")]
+    return {"channel": fields.channel, "recipients": len(sent), "items": sum(r["items"] for r in sent),
+            "failed": failed}

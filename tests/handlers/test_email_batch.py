@@ -144,3 +144,28 @@ def test_digest_with_items_in_the_payload_and_own_templates(run_handler, smtp):
     message = smtp.received[0].message
     assert message["Subject"] == "3 updates for ann@example.org"
     assert message.get_content().replace("\r\n", "\n") == "* a\n* b\n* c\n"
+
+
+def test_digest_to_every_recipient_with_pending_items(run_handler, smtp, queue, conn):
+    for recipient, count in (("ann@example.org", 2), ("bob@example.org", 1), ("gone@example.org", 1),
+                             ("not-an-address", 1)):
+        for i in range(count):
+            queue.add_digest_item(recipient, "email", {"title": f"{recipient} #{i}"})
+    queue.add_digest_item("carol@example.org", "weekly", {"title": "other channel"})
+    smtp.reject.add("gone@example.org")
+
+    result = run_handler.run("email:digest", {"allRecipients": True, "ratePerSecond": 1000},
+                             handlers=smtp.handlers_config())
+    assert sorted(m.rcpt_tos[0] for m in smtp.received) == ["ann@example.org", "bob@example.org"]
+    assert result["recipients"] == 2 and result["items"] == 3
+    assert sorted(f["recipient"] for f in result["failed"]) == ["gone@example.org", "not-an-address"]
+    pending = conn.execute("SELECT recipient FROM haosq.digest_items WHERE sent_at IS NULL "
+                           "ORDER BY recipient").fetchall()
+    assert [row["recipient"] for row in pending] == ["carol@example.org", "gone@example.org",
+                                                     "not-an-address"]
+
+
+def test_digest_needs_exactly_one_audience(run_handler, smtp):
+    for payload in ({}, {"to": "a@example.org", "allRecipients": True}):
+        with pytest.raises(PermanentError, match="allRecipients"):
+            run_handler.run("email:digest", payload, handlers=smtp.handlers_config())

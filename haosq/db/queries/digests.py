@@ -76,3 +76,13 @@ def pending_count(conn: psycopg.Connection[Any], recipient: str, channel: str) -
             (recipient, channel),
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def pending_recipients(conn: psycopg.Connection[Any], channel: str, limit: int) -> list[str]:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(
+            """SELECT DISTINCT recipient FROM haosq.digest_items
+                WHERE channel = %s AND sent_at IS NULL ORDER BY recipient LIMIT %s""",
+            (channel, limit),
+        ).fetchall()
+    return [row[0] for row in rows]
