@@ -43,8 +43,10 @@ def gps_exif(orientation: int = 1) -> Image.Exif:
     return exif
 
 
-def make_bomb_png(path: Path, width: int = 40_000, height: int = 40_000) -> Path:
-    """A small PNG whose header declares a huge canvas (1.6 billion pixels)."""
+def make_bomb_png(path: Path, width: int = 40_000, height: int = 40_000, *, complete: bool = False) -> Path:
+    """A small PNG whose header declares a huge canvas (1.6 billion pixels by default).
+
+    `complete` writes every row (all black, so still tiny on disk): a file that decodes."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(
             ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
@@ -52,7 +54,7 @@ def make_bomb_png(path: Path, width: int = 40_000, height: int = 40_000) -> Path
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     row = b"\x00" + b"\x00" * ((width + 7) // 8)
     compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(64)) + compressor.flush()
+    data = b"".join(compressor.compress(row) for _ in range(height if complete else 64)) + compressor.flush()
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
                      + chunk(b"IEND", b""))
     return path
