@@ -8,6 +8,7 @@ words below (case-insensitive, `_`/`-` separated or not: `api_key`, `X-Auth-Toke
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -24,10 +25,12 @@ _SECRET = re.compile("|".join(SECRET_WORDS), re.IGNORECASE)
 
 # scheme://user:password@host in free text (error messages, log lines).
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)(?P<pw>[^\s@/]+)(?P<at>@)")
-# key=value and "key": "value" pairs in free text where the key looks secret.
+# key=value and "key": "value" pairs in free text whose key names a secret. Only secret keys
+# match, so that "Error: password=x" is not swallowed by a harmless "Error:" pair.
 _PAIR = re.compile(
-    r"""(?P<key>["']?[A-Za-z_][A-Za-z0-9_.-]*["']?)(?P<sep>\s*[:=]\s*)(?P<quote>["']?)"""
-    r"""(?P<value>(?:Bearer\s+|Basic\s+)?[^\s"',;&}]+)""")
+    r"""(?P<key>["']?[A-Za-z0-9_.-]*(?:""" + "|".join(SECRET_WORDS) + r""")[A-Za-z0-9_.-]*["']?)"""
+    r"""(?P<sep>\s*[:=]\s*)(?P<quote>["']?)"""
+    r"""(?P<value>(?:Bearer\s+|Basic\s+)?[^\s"',;&}]+)""", re.IGNORECASE)
 
 
 def is_secret_key(name: str) -> bool:
@@ -93,3 +96,23 @@ def mask_job_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(masked.get("error"), str):
         masked["error"] = mask_text(masked["error"])
     return masked
+
+
+class MaskingFilter(logging.Filter):
+    """A logging filter that masks secrets in every record's message (install it on a handler:
+    `handler.addFilter(MaskingFilter())`), so that a URL with a password or a token in an
+    exception message never reaches journald."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            # The traceback text is formatted later from exc_info: format and mask it now.
+            formatter = logging.Formatter()
+            masked += "\n" + mask_text(formatter.formatException(record.exc_info))
+            record.exc_info = None
+            record.exc_text = None
+        if masked != message or record.args:
+            record.msg = masked
+            record.args = None
+        return True

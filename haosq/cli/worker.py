@@ -13,6 +13,7 @@ import typer
 from haosq.cli.common import state
 from haosq.config import Settings
 from haosq.errors import ConfigError
+from haosq.secrets import MaskingFilter
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "warn": logging.WARNING, "error": logging.ERROR}
@@ -31,6 +32,7 @@ def setup_logging(level_name: str) -> None:
         raise ConfigError(f"--log-level {level_name!r}: use debug, info, warning or error")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(MaskingFilter())  # no passwords or tokens in the journal
     root = logging.getLogger("haosq")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,0 +1,87 @@
+"""Masking of secret-looking payload keys and URL passwords (CLI output, logs, errors)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from haosq.secrets import MASK, MaskingFilter, is_secret_key, mask_job_fields, mask_text, mask_value
+
+HAOSQ = str(Path(sys.executable).with_name("haosq"))
+
+
+@pytest.mark.parametrize("key", ["password", "smtp_password", "apiKey", "api-key", "Authorization",
+                                 "X-Auth-Token", "client_secret", "private_key", "passwd", "cookie"])
+def test_secret_keys(key):
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize("key", ["to", "subject", "keyboard_layout", "monkey", "path", "user"])
+def test_ordinary_keys(key):
+    assert not is_secret_key(key)
+
+
+def test_mask_value_walks_nested_payloads():
+    payload = {"to": "a@example.com", "smtp": {"password": "hunter2", "host": "mail"},
+               "headers": [{"Authorization": "Bearer abc"}], "credentials": {"user": "x"},
+               "callback": "https://bob:pw@example.com/hook", "token": None}
+    masked = mask_value(payload)
+    assert masked["smtp"] == {"password": MASK, "host": "mail"}
+    assert masked["headers"] == [{"Authorization": MASK}]
+    assert masked["credentials"] == MASK
+    assert masked["callback"] == "https://bob:***@example.com/hook"
+    assert masked["token"] is None
+    assert payload["smtp"]["password"] == "hunter2"  # the original is untouched
+
+
+def test_mask_text_in_errors():
+    text = ("OperationalError: connection to postgresql://haosq:s3cr3t@db:5432/haosq failed; "
+            "retried with token=abc123 and Authorization: Bearer xyz; api_key=\"k-1\"; user=bob")
+    masked = mask_text(text)
+    for secret in ("s3cr3t", "abc123", "xyz", "k-1"):
+        assert secret not in masked
+    assert "user=bob" in masked and "postgresql://haosq:***@db:5432/haosq" in masked
+    assert mask_job_fields({"error": text, "payload": {"password": "p"}, "result": None}) == {
+        "error": masked, "payload": {"password": MASK}, "result": None}
+
+
+def test_logging_filter_masks_messages_and_tracebacks():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(MaskingFilter())
+    logger = logging.getLogger("haosq.test.secrets")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("cannot reach %s", "postgresql://u:topsecret@h/db")
+        try:
+            raise RuntimeError("password=hunter2 rejected")
+        except RuntimeError:
+            logger.exception("job failed")
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    assert "topsecret" not in output and "hunter2" not in output
+    assert "postgresql://u:***@h/db" in output and "RuntimeError" in output
+
+
+def test_cli_show_and_list_mask_payloads(queue, cli_env):
+    job = queue.add("demo:echo", {"to": "a@example.com", "smtp_password": "hunter2",
+                                  "webhook": "https://u:pw42@example.com/x"})
+    shown = subprocess.run([HAOSQ, "jobs", "show", str(job.id), "--json"], env=cli_env,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    payload = json.loads(shown.stdout)["payload"]
+    assert payload == {"to": "a@example.com", "smtp_password": MASK,
+                       "webhook": "https://u:***@example.com/x"}
+    listed = subprocess.run([HAOSQ, "jobs", "list", "--json"], env=cli_env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert "hunter2" not in listed.stdout and "pw42" not in listed.stdout
+    assert json.loads(listed.stdout)[0]["payload"]["smtp_password"] == MASK
