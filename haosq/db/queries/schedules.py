@@ -19,15 +19,13 @@ drive schedules with a frozen clock.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-
-from haosq.db.queries import jobs as job_sql
+from psycopg.types.json import Jsonb
 
 SCHEDULE_COLUMNS = """
     s.id, s.name, s.type, s.payload, s.cron, s.interval_seconds, s.timezone, s.priority,
@@ -71,7 +69,7 @@ class ScheduleRow:
     def params(self) -> dict[str, Any]:
         return {
             "name": self.name, "type": self.type,
-            "payload": job_sql._raw_jsonb(self.payload_json), "cron": self.cron,
+            "payload": Jsonb(self.payload_json, dumps=_already_json), "cron": self.cron,
             "interval_seconds": self.interval_seconds, "timezone": self.timezone,
             "priority": self.priority, "max_attempts": self.max_attempts,
             "tags": list(self.tags), "timeout_seconds": self.timeout_seconds,
@@ -79,6 +77,11 @@ class ScheduleRow:
             "enabled": self.enabled, "source": self.source, "anchor_at": self.anchor_at,
             "next_due_at": self.next_due_at,
         }
+
+
+def _already_json(text: str) -> str:
+    """The payload was serialised (and size-checked) by validation: send it as it is."""
+    return text
 
 
 _INSERT_VALUES = """
@@ -191,11 +194,33 @@ def lock_due_schedules(
     ).fetchall()
 
 
-INSERT_RUN = """
-INSERT INTO haosq.schedule_runs (schedule_id, due_at, manual, enqueued_by, enqueued_at)
-VALUES (%(schedule_id)s, %(due_at)s, %(manual)s, %(enqueued_by)s, %(now)s)
-ON CONFLICT (schedule_id, due_at) DO NOTHING
-RETURNING schedule_id
+# The run row, then the job only when the run row was new (the job CTE reads from it), and
+# the schedule's pointer to its latest run: one statement, one round trip.
+ENQUEUE_RUN = """
+WITH run AS (
+    INSERT INTO haosq.schedule_runs (schedule_id, due_at, manual, enqueued_by, enqueued_at)
+    VALUES (%(schedule_id)s, %(due_at)s, %(manual)s, %(enqueued_by)s, %(now)s)
+    ON CONFLICT (schedule_id, due_at) DO NOTHING
+    RETURNING schedule_id, due_at
+), job AS (
+    -- A run is due at its due time: runnable at once, in due order.
+    INSERT INTO haosq.jobs (type, payload, priority, max_attempts, scheduled_at, due_at, tags,
+                            created_by, timeout_seconds)
+    SELECT s.type, s.payload, s.priority, s.max_attempts, run.due_at, run.due_at, s.tags,
+           'schedule:' || s.name, s.timeout_seconds
+      FROM run JOIN haosq.schedules s ON s.id = run.schedule_id
+    RETURNING id, due_at
+), latest AS (
+    UPDATE haosq.schedules s
+       SET last_due_at = CASE WHEN s.last_due_at IS NULL OR s.last_due_at <= job.due_at
+                              THEN job.due_at ELSE s.last_due_at END,
+           last_job_id = CASE WHEN s.last_due_at IS NULL OR s.last_due_at <= job.due_at
+                              THEN job.id ELSE s.last_job_id END,
+           last_enqueued_at = %(now)s
+      FROM job
+     WHERE s.id = %(schedule_id)s
+)
+SELECT id FROM job
 """
 
 
@@ -212,38 +237,14 @@ def enqueue_run(
     already. Call inside a transaction: the run row and the job commit together."""
     params = {"schedule_id": schedule["id"], "due_at": due_at, "manual": manual,
               "enqueued_by": enqueued_by, "now": now}
-    if conn.execute(INSERT_RUN, params).fetchone() is None:
+    job = conn.cursor(row_factory=dict_row).execute(ENQUEUE_RUN, params).fetchone()
+    if job is None:
         return None
-    job = job_sql.insert_job(conn, job_sql.NewJob(
-        type=schedule["type"],
-        payload_json=_payload_json(schedule["payload"]),
-        priority=schedule["priority"],
-        max_attempts=schedule["max_attempts"],
-        # A scheduled run is due at its due time: it is runnable at once, in due order.
-        scheduled_at=due_at,
-        tags=tuple(schedule["tags"] or ()),
-        created_by=f"schedule:{schedule['name']}",
-        timeout_seconds=schedule["timeout_seconds"],
-    ))
     conn.execute(
         "UPDATE haosq.schedule_runs SET job_id = %s WHERE schedule_id = %s AND due_at = %s",
         (job["id"], schedule["id"], due_at),
     )
-    conn.execute(
-        """UPDATE haosq.schedules
-              SET last_due_at = CASE WHEN last_due_at IS NULL OR last_due_at <= %(due)s
-                                     THEN %(due)s ELSE last_due_at END,
-                  last_job_id = CASE WHEN last_due_at IS NULL OR last_due_at <= %(due)s
-                                     THEN %(job)s ELSE last_job_id END,
-                  last_enqueued_at = %(now)s
-            WHERE id = %(id)s""",
-        {"due": due_at, "job": job["id"], "now": now, "id": schedule["id"]},
-    )
     return int(job["id"])
-
-
-def _payload_json(payload: Any) -> str:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
 def advance_schedule(
