@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
+import tomllib
+from pathlib import Path
 
 import pytest
 
 from haosq.errors import PermanentError, Retry
 from haosq.handlers.mailer import TemporarySmtpError
+from haosq.handlers.payloads import parse_payload
 from haosq.handlers.ratelimit import RateLimiter
+from haosq.schedules import load_config_schedules
 
 
 def _batch(n: int, **extra):
@@ -169,3 +175,18 @@ def test_digest_needs_exactly_one_audience(run_handler, smtp):
     for payload in ({}, {"to": "a@example.org", "allRecipients": True}):
         with pytest.raises(PermanentError, match="allRecipients"):
             run_handler.run("email:digest", payload, handlers=smtp.handlers_config())
+
+
+def test_documented_schedule_examples_are_valid_payloads():
+    from haosq.handlers import cleanup, email
+
+    models = {"email:digest": email.DigestEmail, "cleanup:job-logs": cleanup.JobLogs}
+    text = (Path(__file__).resolve().parents[2] / "docs" / "job-types.md").read_text()
+    checked = set()
+    for block in re.findall(r"```toml\n(.*?)```", text, re.S):
+        document = tomllib.loads(block)
+        for spec in load_config_schedules(document):
+            if spec.type in models:
+                parse_payload(models[spec.type], json.loads(spec.payload_json))
+                checked.add(spec.type)
+    assert checked == set(models)
