@@ -150,19 +150,26 @@ class SchedulerDuty:
         now = self.clock.now()
         enqueued = 0
         while True:
+            advanced = 0
             with self.database.connection() as conn, conn.transaction():
                 due = schedule_sql.lock_due_schedules(conn, now, BATCH_SIZE)
                 for row in due:
-                    enqueued += self._enqueue_due(conn, row, now)
-            if len(due) < BATCH_SIZE:
+                    count = self._enqueue_due(conn, row, now)
+                    if count is not None:
+                        enqueued += count
+                        advanced += 1
+            # A full batch of schedules that all failed would come back at once: stop there.
+            if len(due) < BATCH_SIZE or not advanced:
                 break
         if enqueued and self.wake is not None:
             self.wake()
         return enqueued
 
-    def _enqueue_due(self, conn: psycopg.Connection[Any], row: dict[str, Any], now: Any) -> int:
-        """One schedule's due runs and its next due time, under a savepoint: a schedule that
-        fails is logged and left due, the others go on."""
+    def _enqueue_due(
+        self, conn: psycopg.Connection[Any], row: dict[str, Any], now: Any
+    ) -> int | None:
+        """One schedule's due runs and its next due time, under a savepoint; the number of
+        jobs enqueued. A schedule that fails is logged and left due (None), the others go on."""
         try:
             with conn.transaction():
                 plan = defs.plan_runs(defs.trigger_of(row), row["catch_up"], row["catch_up_limit"],
@@ -181,9 +188,9 @@ class SchedulerDuty:
                 schedule_sql.advance_schedule(conn, row["id"], row["next_due_at"],
                                               plan.next_due_at, now)
                 return count
-        except (psycopg.Error, defs.InvalidSchedule):
+        except (psycopg.Error, defs.InvalidSchedule, ValueError, LookupError):
             log.exception("schedule %s: cannot enqueue its due runs", row["name"])
-            return 0
+            return None
 
 
 @register_duty

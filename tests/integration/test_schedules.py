@@ -328,3 +328,16 @@ def test_cli_shows_a_job_for_later_as_scheduled(cli_env) -> None:
     assert "scheduled" in listed.stdout and "reports:build" in listed.stdout
     only = run_cli(cli_env, "jobs", "list", "--status", "scheduled", "--json")
     assert '"display_status": "scheduled"' in only.stdout
+
+
+def test_a_broken_schedule_row_does_not_hold_up_the_others(api, duty, clock, conn) -> None:
+    api.schedule("good", "reports:build", cron="0 * * * *")
+    api.schedule("broken", "reports:build", cron="0 * * * *")
+    # A row no longer valid on this host (say, a timezone its tz database lacks).
+    conn.execute("UPDATE haosq.schedules SET timezone = 'Mars/Base' WHERE name = 'broken'")
+    clock.set(at(10))
+    assert duty.tick() == 1
+    assert scheduled_jobs(conn, "good") == [at(10)]
+    assert scheduled_jobs(conn, "broken") == []
+    broken = conn.execute("SELECT next_due_at FROM haosq.schedules WHERE name = 'broken'").fetchone()
+    assert broken["next_due_at"] == at(10)  # still due: it runs once the row is fixed
