@@ -1,0 +1,90 @@
+"""haosq worker processes for the benchmarks (`python -m haosq worker`, as systemd runs it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Two worker processes claiming 32 jobs at a time: see bench/README.md for the sweep.
+DEFAULT_PROCESSES = 2
+DEFAULT_CONCURRENCY = 32
+
+
+def remaining(url: str) -> int:
+    """Pending plus processing jobs, counted through the two small partial indexes."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM haosq.jobs WHERE status = 'pending')"
+            " + (SELECT count(*) FROM haosq.jobs WHERE status = 'processing')").fetchone()
+    return int(row[0]) if row else 0
+
+
+class BenchWorkers:
+    """N worker processes running `bench:noop`, started and registered before timing."""
+
+    def __init__(self, url: str, processes: int = DEFAULT_PROCESSES,
+                 concurrency: int = DEFAULT_CONCURRENCY, *extra: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HAOSQ_", "JOB_QUEUE_"))}
+        env.pop("DATABASE_URL", None)
+        env.update({"HAOSQ_DATABASE_URL": url, "HAOSQ_CONFIG": "/dev/null"})
+        self.url = url
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "haosq", "worker", "--import", "bench.handlers",
+                 "--types", "bench", "--concurrency", str(concurrency), "--log-level", "warning",
+                 "--worker-id", f"bench-{i}", *extra],
+                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            for i in range(processes)
+        ]
+
+    def wait_registered(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        pids = [p.pid for p in self.procs]
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError("a benchmark worker exited at start")
+            with psycopg.connect(self.url) as conn:
+                row = conn.execute("SELECT count(*) FROM haosq.workers WHERE pid = ANY(%s) "
+                                   "AND status = 'active'", (pids,)).fetchone()
+            if row and row[0] == len(pids):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("benchmark workers did not register")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the worker processes so far (from /proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for proc in self.procs:
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> BenchWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
