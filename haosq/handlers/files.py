@@ -82,7 +82,8 @@ def process_upload(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     if kind == "image":
         result["metadata"] = media.image_metadata(path, settings.max_image_pixels)
     elif kind in ("video", "audio"):
-        result["metadata"] = media.media_metadata(path)
+        # The sniffed kind wins: an audio file with cover art has a (picture) video stream.
+        result["metadata"] = {**media.media_metadata(path), "kind": kind}
     elif is_archive(path, detected):
         try:
             result["archive"] = inspect_archive(path, settings.archive).as_dict()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
 import struct
+import wave
 import zipfile
 import zlib
 from fractions import Fraction
@@ -61,14 +63,17 @@ def make_bomb_png(path: Path, width: int = 40_000, height: int = 40_000, *, comp
 
 
 def make_video(path: Path, seconds: float = 2.0, fps: int = 24, size: tuple[int, int] = (320, 240),
-               codec: str = "mpeg4", bit_rate: int = 4_000_000) -> Path:
-    """A short MP4 made with PyAV: a moving gradient, one colour per second."""
+               codec: str = "mpeg4", bit_rate: int = 4_000_000, audio: bool = False) -> Path:
+    """A short MP4 made with PyAV: a moving gradient, one colour per second; with `audio`, a
+    440 Hz tone in AAC alongside."""
     import av  # imported here: only the video tests pay for it
 
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         stream.bit_rate = bit_rate
+        # Every stream is added before the first packet is muxed (the header is written then).
+        sound = _tone_stream(container) if audio else None
         base = Image.new("RGB", size)
         make_gradient = base.load()
         for x in range(size[0]):
@@ -83,6 +88,42 @@ def make_video(path: Path, seconds: float = 2.0, fps: int = 24, size: tuple[int,
             frame.time_base = Fraction(1, fps)
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+        if sound is not None:
+            _write_tone(container, sound, seconds)
+    return path
+
+
+def tone_samples(count: int, start: int = 0, rate: int = 44_100) -> bytes:
+    """16-bit mono samples of a 440 Hz sine."""
+    return b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * (start + i) / rate)))
+                    for i in range(count))
+
+
+def _tone_stream(container: Any, rate: int = 44_100) -> Any:
+    stream = container.add_stream("aac", rate=rate)
+    stream.layout = "mono"
+    return stream
+
+
+def _write_tone(container: Any, stream: Any, seconds: float, rate: int = 44_100) -> None:
+    import av
+
+    block = 1024
+    for index in range(int(seconds * rate) // block):
+        frame = av.AudioFrame(format="s16", layout="mono", samples=block)
+        frame.sample_rate = rate
+        frame.planes[0].update(tone_samples(block, index * block, rate))
+        frame.pts, frame.time_base = index * block, Fraction(1, rate)
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def make_wav(path: Path, seconds: float = 1.0, rate: int = 22_050) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(tone_samples(int(seconds * rate), rate=rate))
     return path
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from haosq.errors import PermanentError
 from haosq.handlers.files import compress_media, generate_thumbnails, process_upload
-from tests.handlers.file_samples import gps_exif, make_bomb_png, make_image, make_video, zip_bytes
+from tests.handlers.file_samples import gps_exif, make_bomb_png, make_image, make_video, make_wav, zip_bytes
 
 pytest_plugins = ["tests.handlers.peers_files"]
 
@@ -151,6 +151,24 @@ def test_upload_of_a_video_reports_duration_codec_and_dimensions(file_area, job_
     assert (meta["videoCodec"], meta["width"], meta["height"]) == ("mpeg4", 320, 240)
     assert meta["frameRate"] == pytest.approx(24.0)
     assert result["followups"] == ["file:generate-thumbnails", "file:virus-scan"]
+
+
+def test_upload_of_audio_and_of_video_with_sound(file_area, job_context):
+    wav = make_wav(file_area.root / "tone.wav", seconds=1.5)
+    payload = {"fileId": "a1", "filePath": str(wav), "contentType": "audio/x-wav"}
+    result = process_upload(payload, job_context("file:process-upload", payload,
+                                                 {"files": file_area.table()}))
+    meta = result["metadata"]
+    assert (meta["kind"], meta["audioCodec"], meta["sampleRate"], meta["channels"]) == (
+        "audio", "pcm_s16le", 22050, 1)
+    assert meta["duration"] == pytest.approx(1.5, abs=0.05)
+    assert result["followups"] == ["file:virus-scan"]  # no thumbnail for sound
+
+    video = make_video(file_area.root / "talk.mp4", seconds=1.0, size=(160, 120), audio=True)
+    payload = {"fileId": "a2", "filePath": str(video), "contentType": "video/mp4"}
+    result = process_upload(payload, job_context("file:process-upload", payload,
+                                                 {"files": file_area.table()}))
+    assert (result["metadata"]["videoCodec"], result["metadata"]["audioCodec"]) == ("mpeg4", "aac")
 
 
 def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
@@ -321,6 +339,18 @@ def test_video_is_transcoded_to_h264_at_the_target_width(file_area, job_context)
         assert stream.codec_context.name == "h264"
         assert (stream.codec_context.width, stream.codec_context.height) == (160, 120)
     assert os.stat(video).st_size == result["sizeAfter"]
+
+
+def test_video_transcode_keeps_the_sound(file_area, job_context):
+    video = make_video(file_area.root / "talk.mp4", seconds=1.0, size=(320, 240), audio=True)
+    payload = {"filePath": str(video), "maxWidth": 160}
+    result = compress_media(payload, job_context("file:compress-media", payload,
+                                                 {"files": file_area.table()}))
+    assert result["kept"] == "compressed"
+    with av.open(result["output"]) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        assert container.streams.audio[0].codec_context.name == "aac"
+        assert container.duration / av.time_base == pytest.approx(1.0, abs=0.1)
 
 
 def test_sniffed_type_not_extension_decides(file_area, job_context):
