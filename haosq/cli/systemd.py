@@ -167,6 +167,7 @@ def render_env(group: str, types: str | None, concurrency: int | None) -> str:
         "# The database URL does not belong here: it is the credential file credentials/database-url.",
         "",
         "# Job types or families this group runs (comma separated); 'all' runs every type.",
+        "# Add the family 'haosq' to one group to deliver completion webhooks (haosq:webhook).",
         f"HAOSQ_TYPES={types or group}",
         "# Worker threads.",
         f"HAOSQ_CONCURRENCY={concurrency or 4}",

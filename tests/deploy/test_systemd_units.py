@@ -146,3 +146,9 @@ def test_user_units_point_at_the_user_config(tmp_path):
     text = render_service(UnitOptions(user=True))
     assert "EnvironmentFile=-%E/haosq/%i.env" in text and "DynamicUser" not in text
     assert "WantedBy=default.target" in render_target(UnitOptions(user=True))
+
+
+def test_example_env_file_is_the_rendered_one():
+    from haosq.cli.systemd import render_env
+
+    assert (REPO / "systemd" / "haosq-worker.env.example").read_text() == render_env("email", None, 4)
