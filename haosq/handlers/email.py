@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from haosq.errors import PermanentError
@@ -33,6 +32,7 @@ from haosq.handlers.mailer import Refusal, SmtpConfig, SmtpSession, TemporarySmt
 from haosq.handlers.payloads import Payload, check_address, check_header_text, parse_payload
 from haosq.handlers.ratelimit import RateLimiter
 from haosq.handlers.registry import JobContext, handler
+from haosq.handlers.templates import compile_template, render
 
 EmailAddress = Annotated[str, AfterValidator(check_address)]
 HeaderText = Annotated[str, AfterValidator(check_header_text), Field(max_length=998)]
@@ -178,30 +178,6 @@ class DigestEmail(MessageFields):
         if self.all_recipients and (self.items is not None or self.recipient is not None):
             raise ValueError("items and recipient go with to, not with allRecipients")
         return self
-
-
-# -- templates ------------------------------------------------------------------------------
-
-_HTML_ENV = SandboxedEnvironment(autoescape=True, undefined=jinja2.StrictUndefined)
-_TEXT_ENV = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined)
-
-
-def compile_template(source: str | None, field: str, *, html: bool) -> jinja2.Template | None:
-    if source is None:
-        return None
-    try:
-        return (_HTML_ENV if html else _TEXT_ENV).from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise PermanentError(f"invalid payload: field {field!r} is not a valid template: {exc}") from None
-
-
-def render(template: jinja2.Template | None, variables: dict[str, Any], field: str) -> str | None:
-    if template is None:
-        return None
-    try:
-        return template.render(**variables)
-    except jinja2.TemplateError as exc:
-        raise PermanentError(f"invalid payload: field {field!r}: template error: {exc}") from None
 
 
 # -- messages -------------------------------------------------------------------------------

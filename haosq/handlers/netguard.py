@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from haosq.errors import PermanentError
+from haosq.errors import ConfigError, PermanentError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -62,8 +62,6 @@ class NetPolicy:
     @classmethod
     def from_config(cls, table: Mapping[str, Any], *, where: str = "handlers") -> NetPolicy:
         """Read `allow_private`, `allow_http`, `ca_bundle`, `timeout`, `max_response_bytes`."""
-        from haosq.errors import ConfigError
-
         try:
             networks = tuple(
                 ipaddress.ip_network(str(item), strict=False) for item in table.get("allow_private", ())

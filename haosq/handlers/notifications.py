@@ -19,12 +19,12 @@ from pydantic import Field
 
 from haosq.errors import PermanentError
 from haosq.handlers.digest_source import claim_digest, finish_digest
-from haosq.handlers.email import compile_template, render
 from haosq.handlers.netguard import GuardedHttpClient
 from haosq.handlers.payloads import Payload, parse_payload
 from haosq.handlers.push import Delivery, MatrixGateway, PushConfig, WebPush
 from haosq.handlers.ratelimit import RateLimiter
 from haosq.handlers.registry import JobContext, handler
+from haosq.handlers.templates import compile_template, render
 
 Text = Annotated[str, Field(max_length=4000)]
 
