@@ -111,7 +111,7 @@ class FileSettings:
                 quarantine_dir=_path(values.get("quarantine_dir")),
                 max_file_size=parse_size(values.get("max_file_size", cls.max_file_size), "max_file_size"),
                 max_image_pixels=int(values.get("max_image_pixels", cls.max_image_pixels)),
-                strip_gps=bool(values.get("strip_gps", False)),
+                strip_gps=_flag(values.get("strip_gps", False), "strip_gps"),
                 thumbnail_sizes=tuple(int(s) for s in values.get("thumbnail_sizes", cls.thumbnail_sizes)),
                 thumbnail_format=str(values.get("thumbnail_format", cls.thumbnail_format)).lower(),
                 upload_followups=tuple(values.get("upload_followups", cls.upload_followups)),
@@ -133,6 +133,12 @@ class FileSettings:
             raise PermanentError(
                 "no file roots are configured: set [handlers.files] roots or HAOSQ_FILE_ROOTS")
         return self.roots
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise PermanentError(f"handlers.files.{name} must be true or false, not {value!r}")
+    return value
 
 
 def _path(value: Any) -> Path | None:
