@@ -8,9 +8,10 @@ import threading
 import tomllib
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from haosq.errors import PermanentError, Retry
+from haosq.errors import InvalidJob, PermanentError, Retry
 from haosq.handlers.mailer import TemporarySmtpError
 from haosq.handlers.payloads import parse_payload
 from haosq.handlers.ratelimit import RateLimiter
@@ -190,3 +191,16 @@ def test_documented_schedule_examples_are_valid_payloads():
                 parse_payload(models[spec.type], json.loads(spec.payload_json))
                 checked.add(spec.type)
     assert checked == set(models)
+
+
+def test_add_digest_item_validates_and_joins_the_callers_transaction(queue, database_url, conn):
+    for recipient, channel, item in (("", "email", {}), ("a@x.org", " ", {}), ("a@x.org", "email", [1])):
+        with pytest.raises(InvalidJob):
+            queue.add_digest_item(recipient, channel, item)
+    with psycopg.connect(database_url) as own:
+        queue.add_digest_item("a@x.org", "email", {"title": "rolled back"}, conn=own)
+        own.rollback()
+        kept = queue.add_digest_item("a@x.org", "email", {"title": "committed"}, conn=own)
+        own.commit()
+    rows = conn.execute("SELECT id, item->>'title' AS title FROM haosq.digest_items").fetchall()
+    assert rows == [{"id": kept, "title": "committed"}]
