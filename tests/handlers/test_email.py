@@ -167,3 +167,17 @@ def test_smtp_url_from_the_environment(run_handler, smtp, monkeypatch):
                              handlers={"smtp": {"url": "smtp://127.0.0.1:1"}})
     assert result["sent"] == ["a@example.org"]
     assert smtp.received[0].mail_from == "env@haosq.test"
+
+
+def test_wrong_password_and_missing_starttls_fail_permanently(run_handler, smtp_server, smtp):
+    secured = smtp_server(tls=True, auth=True)
+    config = secured.handlers_config()
+    config["smtp"]["url"] = secured.url.replace("s3cret%2Fpass", "wrong")
+    payload = {"to": "a@example.org", "subject": "s", "text": "t"}
+    with pytest.raises(PermanentError, match="login refused: 535"):
+        run_handler.run("email:send", payload, handlers=config)
+    plain = smtp.handlers_config()
+    plain["smtp"]["url"] = smtp.url + "?starttls=1"
+    with pytest.raises(PermanentError, match="does not offer STARTTLS"):
+        run_handler.run("email:send", payload, handlers=plain)
+    assert secured.received == [] and smtp.received == []
