@@ -31,6 +31,7 @@ handler; an exception in a hook is logged and ignored)::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -87,6 +88,9 @@ class _LogBuffer:
 
     def write(self, job_id: int, attempt: int, level: str, message: str,
               metadata: dict[str, Any] | None) -> None:
+        if metadata:
+            # Whatever a handler passes, the batch insert must not fail on it.
+            metadata = json.loads(json.dumps(metadata, default=str))
         with self._lock:
             self._lines.append((job_id, attempt, level, message, metadata))
 
@@ -270,9 +274,6 @@ class JobWorker:
             if pause:
                 time.sleep(pause)
             try:
-                self._flush()
-                if self._stop_loop and not self._finished:
-                    break
                 self._enforce_deadlines()
                 now = time.monotonic()
                 if now - last_poll >= self.poll_seconds:
@@ -281,19 +282,25 @@ class JobWorker:
                 if self._retry_due is not None and now >= self._retry_due:
                     self._want_claim = True
                     self._retry_due = None
-                free = self.concurrency - len(self._running)
-                if self._claiming and free > 0 and self._want_claim:
-                    generation = self._wake_generation
-                    claimed = self._claim(free)
-                    if claimed < free and self._wake_generation == generation:
-                        self._want_claim = False
+                self._cycle()
                 pause = 0.0
             except psycopg.Error as exc:
                 self._database_error(exc, "claim loop")
                 pause = min(max(pause * 2, 0.05), DB_RETRY_MAX_SECONDS)
                 self._db_trouble = True
                 continue
+            except Exception:
+                # The loop must outlive any surprise; the unacknowledged work stays queued.
+                log.exception("unexpected error in the claim loop")
+                pause = min(max(pause * 2, 0.05), DB_RETRY_MAX_SECONDS)
+                continue
             if self._stop_loop:
+                if not self._finished:
+                    break
+                continue
+            if self._want_claim and self._claiming and len(self._running) < self.concurrency:
+                continue
+            if self._finished:
                 continue
             wait = self.poll_seconds - (time.monotonic() - last_poll)
             deadline = self._next_deadline()
@@ -301,31 +308,48 @@ class JobWorker:
                 wait = min(wait, deadline - time.monotonic())
             if self._retry_due is not None:
                 wait = min(wait, self._retry_due - time.monotonic())
-            if self._want_claim and self._claiming and len(self._running) < self.concurrency:
-                continue
             self._event.wait(max(wait, 0.001))
 
-    def _claim(self, free: int) -> int:
-        with self.database.connection() as conn:
-            if self._db_trouble:
-                # A claim may have committed while its answer was lost: take back any job
-                # held under our token that we are not running.
-                known = list(self._running) + [o.running.job.id for o in self._finished]
-                lost = claims.release_unknown_jobs(conn, self.identity.token, known)
-                if lost:
-                    log.warning("released %d job(s) whose claim was interrupted: %s", len(lost),
-                                ",".join(map(str, lost)))
-                self._db_trouble = False
-            rows = claims.claim_jobs(
-                conn, self.type_filter, free, worker_id=self.identity.worker_id,
-                pid=self.identity.pid, token=self.identity.token,
-                now=self._db_clock.now() if self._db_clock else None,
-            )
-        if rows:
-            log.debug("claimed %d job(s)", len(rows))
-        for row in rows:
-            self._dispatch(Job.from_row(row))
-        return len(rows)
+    def _cycle(self) -> None:
+        """One round trip's worth of work, in one transaction (one commit): write buffered
+        job logs, acknowledge finished attempts, and claim jobs for the slots they free."""
+        lines = self._logs.take()
+        with self._finished_lock:
+            outcomes, self._finished = self._finished, []
+        free = self.concurrency - (len(self._running) - len(outcomes))
+        claim = free if self._claiming and free > 0 and self._want_claim else 0
+        if not lines and not outcomes and not claim:
+            return
+        generation = self._wake_generation
+        accepted: set[int] = set()
+        rows: list[dict[str, Any]] = []
+        try:
+            with self.database.connection() as conn:
+                followups = any(o.running.context.followups for o in outcomes)
+                if self._db_trouble or followups:
+                    accepted, rows = self._careful_cycle(conn, lines, outcomes, claim)
+                else:
+                    accepted, rows = claims.ack_and_claim(
+                        conn, self.identity.token, [o.ack for o in outcomes], self.type_filter,
+                        claim, worker_id=self.identity.worker_id, pid=self.identity.pid,
+                        now=self._db_clock.now() if self._db_clock else None,
+                        before=(lambda c: add_logs(c, lines)) if lines else None,
+                    )
+        except BaseException:
+            self._logs.put_back(lines)
+            with self._finished_lock:
+                self._finished[:0] = outcomes
+            raise
+        self._db_trouble = False
+        for outcome in outcomes:
+            self._settle_outcome(outcome, outcome.running.job.id in accepted)
+        if claim:
+            if len(rows) < claim and self._wake_generation == generation:
+                self._want_claim = False
+            if rows:
+                log.debug("claimed %d job(s)", len(rows))
+            for row in rows:
+                self._dispatch(Job.from_row(row))
 
     def _dispatch(self, job: Job) -> None:
         spec = self.registry.find(job.type)
@@ -359,40 +383,41 @@ class JobWorker:
             self._finished.append(outcome)
         self._event.set()
 
-    def _flush(self) -> None:
-        lines = self._logs.take()
-        with self._finished_lock:
-            outcomes, self._finished = self._finished, []
-        if not lines and not outcomes:
-            return
-        try:
-            with self.database.connection() as conn:
-                if lines:
-                    add_logs(conn, lines)
-                    lines = []
-                if outcomes:
-                    accepted = self._acknowledge(conn, outcomes)
-        except BaseException:
-            self._logs.put_back(lines)
-            with self._finished_lock:
-                self._finished[:0] = outcomes
-            raise
-        for outcome in outcomes:
-            self._settle_outcome(outcome, outcome.running.job.id in accepted)
+    def _careful_cycle(
+        self, conn: psycopg.Connection[Any], lines: list[Any], outcomes: list[Outcome], claim: int
+    ) -> tuple[set[int], list[dict[str, Any]]]:
+        """The same work as the pipelined round trip, one statement at a time: after a
+        database error, and when follow-up jobs depend on which acknowledgements held."""
+        rows: list[dict[str, Any]] = []
+        with conn.transaction():
+            if self._db_trouble:
+                # A claim may have committed while its answer was lost: take back any job
+                # held under our token that we are not running.
+                lost = claims.release_unknown_jobs(conn, self.identity.token, list(self._running))
+                if lost:
+                    log.warning("released %d job(s) whose claim was interrupted: %s",
+                                len(lost), ",".join(map(str, lost)))
+            if lines:
+                add_logs(conn, lines)
+            accepted = self._acknowledge(conn, outcomes) if outcomes else set()
+            if claim:
+                rows = claims.claim_jobs(
+                    conn, self.type_filter, claim, worker_id=self.identity.worker_id,
+                    pid=self.identity.pid, token=self.identity.token,
+                    now=self._db_clock.now() if self._db_clock else None,
+                )
+        return accepted, rows
 
     def _acknowledge(self, conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> set[int]:
         acks: list[Ack] = [o.ack for o in outcomes]
-        with_followups = [o for o in outcomes if o.status == "completed" and o.running.context.followups]
-        if not with_followups:
-            return claims.ack_jobs(conn, self.identity.token, acks)
-        # Follow-up jobs commit with the completion that asked for them, or not at all.
-        with conn.transaction():
-            accepted = claims.ack_jobs(conn, self.identity.token, acks)
-            for outcome in with_followups:
-                if outcome.running.job.id in accepted:
-                    for followup in outcome.running.context.followups:
-                        self._producer().add(followup.type, followup.payload, conn=conn,
-                                             **followup.options)
+        accepted = claims.ack_jobs(conn, self.identity.token, acks)
+        # Follow-up jobs commit with the completion that asked for them (same transaction).
+        for outcome in outcomes:
+            if outcome.status == "completed" and outcome.running.context.followups \
+                    and outcome.running.job.id in accepted:
+                for followup in outcome.running.context.followups:
+                    self._producer().add(followup.type, followup.payload, conn=conn,
+                                         **followup.options)
         return accepted
 
     def _producer(self) -> Any:
