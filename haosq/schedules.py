@@ -34,6 +34,7 @@ Config file form:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,6 +136,13 @@ def validate_catch_up(policy: object, limit: object) -> tuple[str, int]:
     return str(policy), limit
 
 
+@functools.lru_cache(maxsize=1024)
+def _cron_trigger(expression: str, timezone: str) -> CronTrigger:
+    """Parsed once per expression and zone: a tick asks for many fire times. CronTrigger
+    keeps no state between calls, so sharing one between threads is safe."""
+    return CronTrigger.from_crontab(expression, timezone=ZoneInfo(timezone))
+
+
 @dataclass(frozen=True)
 class Trigger:
     """When a schedule fires: a cron expression in a timezone, or an interval from an anchor."""
@@ -166,7 +174,7 @@ class Trigger:
 
     def _next_cron_after(self, after: datetime) -> datetime | None:
         zone = self._zone
-        cron = CronTrigger.from_crontab(self.cron or "", timezone=zone)
+        cron = _cron_trigger(self.cron or "", self.timezone)
         after_wall = after.astimezone(zone).replace(tzinfo=None)
         query = after + _MICROSECOND
         for _ in range(_MAX_STEPS):
