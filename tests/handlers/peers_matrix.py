@@ -72,6 +72,8 @@ macaroon_secret_key: "{macaroon}"
 form_secret: "{form}"
 signing_key_path: {home}/signing.key
 report_stats: false
+# Test passwords need no real hashing cost; registration is then a few ms, not a second.
+bcrypt_rounds: 4
 trusted_key_servers: []
 suppress_key_server_warning: true
 enable_metrics: false
