@@ -114,7 +114,7 @@ class SendEmail(MessageFields):
     @model_validator(mode="after")
     def _has_body(self) -> SendEmail:
         if self.html is None and self.text is None:
-            raise ValueError("give html or text (or both)")
+            raise ValueError("field 'html' or 'text' is required (or both)")
         return self
 
 
@@ -144,7 +144,7 @@ class BatchEmail(MessageFields):
     @model_validator(mode="after")
     def _has_body(self) -> BatchEmail:
         if self.html is None and self.text is None:
-            raise ValueError("give html or text (or both)")
+            raise ValueError("field 'html' or 'text' is required (or both)")
         return self
 
 
@@ -174,9 +174,9 @@ class DigestEmail(MessageFields):
     @model_validator(mode="after")
     def _one_audience(self) -> DigestEmail:
         if (self.to is None) == (not self.all_recipients):
-            raise ValueError("give either to (one recipient) or allRecipients: true")
+            raise ValueError("field 'to' (one recipient) or 'allRecipients' (every recipient) is required")
         if self.all_recipients and (self.items is not None or self.recipient is not None):
-            raise ValueError("items and recipient go with to, not with allRecipients")
+            raise ValueError("fields 'items' and 'recipient' go with 'to', not with 'allRecipients'")
         return self
 
 

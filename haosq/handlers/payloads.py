@@ -46,32 +46,43 @@ def parse_payload(model: type[P], payload: Mapping[str, Any]) -> P:
     try:
         return model.model_validate(dict(payload))
     except ValidationError as exc:
-        raise PermanentError(describe_validation_error(exc)) from None
+        raise PermanentError(describe_validation_error(exc, dict(payload))) from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, data: Any = None) -> str:
     errors = exc.errors(include_url=False)
     first = errors[0]
-    where = field_path(first["loc"]) or "payload"
-    message = first["msg"]
+    where = field_path(first["loc"], data)
+    message = ": " + first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
-        message = "is required"
+        message = " is required"
     elif first["type"] == "extra_forbidden":
-        message = "is not a known field"
+        message = " is not a known field"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"invalid payload: field {where!r} {message}{more}"
+    if not first["loc"]:  # a check across fields: its message names them
+        return f"invalid payload: {first['msg'].removeprefix('Value error, ')}{more}"
+    return f"invalid payload: field {where!r}{message}{more}"
 
 
-def field_path(loc: tuple[Any, ...]) -> str:
-    """('to', 1) -> 'to[1]'; ('recipients', 0, 'vars') -> 'recipients[0].vars'."""
+def field_path(loc: tuple[Any, ...], data: Any = None) -> str:
+    """('to', 1) -> 'to[1]'; ('recipients', 0, 'vars') -> 'recipients[0].vars'.
+
+    Walks the input alongside, to leave out the names pydantic gives union branches (the
+    tag of a tagged union, `function-after[...]`): they are not fields the user wrote."""
     path = ""
-    for part in loc:
+    current = data
+    for index, part in enumerate(loc):
         if isinstance(part, int):
             path += f"[{part}]"
-        elif str(part).startswith(("function-", "union[", "list[", "str", "dict[")):
-            continue  # pydantic's names for validator branches, not fields
-        else:
-            path += f".{part}" if path else str(part)
+            current = current[part] if isinstance(current, list) and 0 <= part < len(current) else None
+            continue
+        branch = index + 1 < len(loc) and isinstance(current, dict) and part not in current
+        if branch and part in current.values():
+            continue  # the branch of a tagged union ("matrix" in {"provider": "matrix"})
+        if str(part).startswith(("function-", "union[", "list[", "str", "dict[")):
+            continue
+        path += f".{part}" if path else str(part)
+        current = current.get(part) if isinstance(current, dict) else None
     return path
 
 

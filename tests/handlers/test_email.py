@@ -105,7 +105,7 @@ def test_connection_refused_is_retryable(run_handler):
     ({"to": "not-an-address", "subject": "s", "text": "t"}, "to[0].address"),
     ({"to": "a@b.org\r\nBcc: evil@x.org", "subject": "s", "text": "t"}, "to[0].address"),
     ({"to": "a@b.org", "subject": "hi\r\nBcc: evil@x.org", "text": "t"}, "subject"),
-    ({"to": "a@b.org", "subject": "s"}, "payload"),
+    ({"to": "a@b.org", "subject": "s"}, "html"),
     ({"to": "a@b.org", "subject": "s", "text": "t", "headers": {"Bcc": "evil@x.org"}}, "headers"),
     ({"to": "a@b.org", "subject": "s", "text": "t", "headers": {"X-A": "1\nBcc: e@x.org"}}, "headers.X-A"),
     ({"to": "a@b.org", "subject": "s", "text": "t", "priority": 1}, "priority"),
