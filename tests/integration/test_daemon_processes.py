@@ -45,7 +45,7 @@ def spawn(cli_env: dict[str, str], tmp_path: Path, conn: psycopg.Connection) -> 
 def test_workers_drain_5000_jobs_each_exactly_once(
     processes: int, queue: JobQueue, conn: psycopg.Connection, spawn: Callable[..., WorkerProcess]
 ) -> None:
-    workers = [spawn("--concurrency", "4", "--heartbeat-interval", "1000", "--log-level", "warning")
+    workers = [spawn("--concurrency", "8", "--heartbeat-interval", "1000", "--log-level", "warning")
                for _ in range(processes)]
     queue.add_many([{"type": "test:record", "payload": {"n": i}} for i in range(5000)])
     wait_until(lambda: conn.execute("SELECT count(*) AS n FROM haosq.jobs WHERE status = 'completed'"
