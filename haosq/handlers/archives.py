@@ -8,16 +8,21 @@ refused. Nothing is ever written to disk.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import posixpath
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from haosq.handlers.file_settings import ArchiveLimits
+from haosq.handlers.sniff import HEAD_BYTES, detect_bytes
 
 ARCHIVE_SUFFIXES = (".zip", ".jar", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".tbz2", ".txz")
 # A nested archive is read into memory to be inspected; beyond this it is refused instead.
@@ -47,9 +52,19 @@ class ArchiveSummary:
                 "depth": self.depth, "largestEntry": self.largest_entry}
 
 
+# Single-stream compressors: a compressed tar, or one compressed file. The callers close
+# what these open, in a `with` block.
+COMPRESSED: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
+    "application/gzip": lambda raw: gzip.GzipFile(fileobj=raw),
+    "application/x-bzip2": lambda raw: bz2.BZ2File(raw),
+    "application/x-xz": lambda raw: lzma.LZMAFile(raw),  # noqa: SIM115
+}
+STREAM_CHUNK = 1024 * 1024
+
+
 def is_archive(path: Path, detected: str) -> bool:
-    return detected in ("application/zip", "application/x-tar") or (
-        detected == "application/gzip" and path.name.lower().endswith((".tgz", ".tar.gz")))
+    """Whether the upload check inspects this file as an archive (zip, tar, compressed)."""
+    return detected in ("application/zip", "application/x-tar") or detected in COMPRESSED
 
 
 def inspect_archive(path: Path, limits: ArchiveLimits, *, check_names: bool = True) -> ArchiveSummary:
@@ -72,11 +87,47 @@ def _walk(handle: IO[bytes], name: str, depth: int, summary: ArchiveSummary, lim
         _walk_zip(handle, name, depth, summary, limits)
         return
     handle.seek(0)
+    compression = detect_bytes(handle.read(HEAD_BYTES))
+    handle.seek(0)
+    # A compressed stream is measured first: tar stops reading at a block of zeros, so a
+    # gigabyte of compressed zeros would otherwise pass as an empty archive.
+    stream_size = handle.seek(0, io.SEEK_END)
+    handle.seek(0)
+    expanded = None
+    if compression in COMPRESSED:
+        expanded = _measure_stream(handle, compression, stream_size, name, summary, limits)
+        handle.seek(0)
     try:
         with tarfile.open(fileobj=handle, mode="r:*") as archive:
             _walk_tar(archive, name, depth, summary, limits)
+        return
+    except tarfile.ReadError as exc:
+        if expanded is None:
+            raise ArchiveRefused(f"{name}: not a readable zip or tar archive ({exc})") from None
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArchiveRefused(f"{name}: not a readable zip or tar archive ({exc})") from None
+    # Not a tar: one compressed file.
+    _count(summary, limits, name, name.rsplit(".", 1)[0], expanded, stream_size)
+
+
+def _measure_stream(handle: IO[bytes], compression: str, stream_size: int, name: str,
+                    summary: ArchiveSummary, limits: ArchiveLimits) -> int:
+    """The decompressed size of a stream, decompressing (and discarding) no further than the caps."""
+    compressed = max(stream_size, 1)
+    size = 0
+    try:
+        with COMPRESSED[compression](handle) as stream:
+            while chunk := stream.read(STREAM_CHUNK):
+                size += len(chunk)
+                if summary.total_size + size > limits.max_total_size:
+                    raise ArchiveRefused(
+                        f"{name}: uncompressed size exceeds {limits.max_total_size} bytes")
+                if size > 1024 * 1024 and size / compressed > limits.max_ratio:
+                    raise ArchiveRefused(f"{name}: expands {size / compressed:.0f}x, "
+                                         f"over the ratio limit of {limits.max_ratio:g}")
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise ArchiveRefused(f"{name}: unreadable {compression} stream ({exc})") from None
+    return size
 
 
 def _walk_zip(handle: IO[bytes], name: str, depth: int, summary: ArchiveSummary,

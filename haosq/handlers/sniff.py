@@ -22,6 +22,8 @@ _ALIASES = {
     "audio/x-flac": "audio/flac",
     "application/x-zip-compressed": "application/zip",
     "application/x-gzip": "application/gzip",
+    "application/x-bzip": "application/x-bzip2",
+    "application/x-rar-compressed": "application/vnd.rar",
     "video/x-m4v": "video/mp4",
     "audio/x-m4a": "audio/mp4",
     "image/x-ms-bmp": "image/bmp",
@@ -36,6 +38,9 @@ _COMPATIBLE = {
     "video/x-matroska": {"video/webm", "audio/x-matroska"},
     "audio/ogg": {"video/ogg", "application/ogg"},
     "application/zip": {"application/java-archive", "application/epub+zip"},
+    "application/gzip": {"application/x-gtar", "application/x-compressed-tar", "application/x-tgz"},
+    "application/x-bzip2": {"application/x-bzip-compressed-tar"},
+    "application/x-xz": {"application/x-xz-compressed-tar"},
     "text/plain": {"text/csv", "text/markdown", "application/json", "text/html", "application/xml",
                    "text/xml", "image/svg+xml", "text/calendar"},
 }
@@ -85,6 +90,14 @@ def detect_bytes(head: bytes) -> str:
         return "application/zip"
     if head.startswith(b"\x1f\x8b"):
         return "application/gzip"
+    if head.startswith(b"BZh") and head[3:4].isdigit():
+        return "application/x-bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "application/x-xz"
+    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return "application/x-7z-compressed"
+    if head.startswith(b"Rar!\x1a\x07"):
+        return "application/vnd.rar"
     if len(head) > 262 and head[257:262] == b"ustar":
         return "application/x-tar"
     if head.startswith((b"\x7fELF", b"MZ")):
@@ -132,5 +145,6 @@ _RECOGNISED = {
     "image/jpeg", "image/png", "image/gif", "image/webp", "image/tiff", "image/bmp", "image/heic",
     "image/avif", "video/mp4", "video/quicktime", "video/webm", "video/x-matroska", "video/x-msvideo",
     "audio/mp4", "audio/ogg", "audio/flac", "audio/mpeg", "audio/wav", "application/pdf",
-    "application/zip", "application/gzip", "application/x-tar",
+    "application/zip", "application/gzip", "application/x-tar", "application/x-bzip2", "application/x-xz",
+    "application/x-7z-compressed", "application/vnd.rar",
 }

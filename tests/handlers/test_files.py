@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import os
 import tarfile
 import zipfile
@@ -226,6 +228,45 @@ def test_archive_links_and_depth_are_refused_and_a_sane_archive_passes(file_area
     assert result["archive"]["entries"] == 3
     assert result["archive"]["depth"] == 2
     assert result["followups"] == ["file:virus-scan"]
+
+
+def test_compressed_streams_and_compressed_tars_are_measured(file_area, job_context):
+    table = {"files": file_area.table()}
+
+    def upload(path: Path, content_type: str) -> dict:
+        payload = {"fileId": "c", "filePath": str(path), "contentType": content_type}
+        return process_upload(payload, job_context("file:process-upload", payload, table))
+
+    bomb = file_area.root / "zeros.bin.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as out:
+        for _ in range(40):
+            out.write(bytes(1024 * 1024))
+    with pytest.raises(PermanentError, match=r"expands \d+x, over the ratio limit of 100"):
+        upload(bomb, "application/gzip")
+
+    notes = file_area.root / "notes.txt.gz"
+    notes.write_bytes(gzip.compress(b"".join(b"line %d of some notes\n" % i for i in range(2000))))
+    result = upload(notes, "application/gzip")
+    assert result["archive"]["entries"] == 1 and result["archive"]["totalSize"] > 40_000
+
+    for mode, content_type in (("w:xz", "application/x-xz"), ("w:bz2", "application/x-bzip2")):
+        linked = file_area.root / f"links.tar.{mode[2:]}"
+        with tarfile.open(linked, mode) as tar:
+            info = tarfile.TarInfo("etc")
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc"
+            tar.addfile(info)
+        with pytest.raises(PermanentError, match="is a link"):
+            upload(linked, content_type)
+
+    sane = file_area.root / "site.tar.gz"
+    with tarfile.open(sane, "w:gz") as tar:
+        for name in ("index.html", "css/site.css"):
+            data = b"<p>hello</p>" * 50
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    result = upload(sane, "application/x-compressed-tar")
+    assert result["archive"]["entries"] == 2
 
 
 # -- file:generate-thumbnails ----------------------------------------------------------------
