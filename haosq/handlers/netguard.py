@@ -77,10 +77,13 @@ class NetPolicy:
             raise ConfigError(f"[{where}]: invalid network policy: {exc}") from None
 
     def allows(self, address: IPAddress) -> bool:
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         if any(address in network for network in self.allow_private):
             return True
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            return self.allows(embedded)
+        if isinstance(address, ipaddress.IPv6Address) and address.teredo is not None:
+            return False  # a tunnel to an address that cannot be checked here
         return address.is_global and not address.is_multicast
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -88,6 +91,20 @@ class NetPolicy:
         if self.ca_bundle:
             context.load_verify_locations(cafile=self.ca_bundle)
         return context
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, NAT64, 6to4), to check that one."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,10 @@ def resolver_for(table):
     (["::ffff:172.16.0.1"], False),              # IPv4-mapped private
     (["224.0.0.1"], False),
     (["0.0.0.0"], False),
+    (["64:ff9b::a00:1"], False),                 # NAT64 for 10.0.0.1
+    (["64:ff9b::5db8:d822"], True),              # NAT64 for a public address
+    (["2002:c0a8:101::1"], False),               # 6to4 for 192.168.1.1
+    (["2001:0:4136:e378:8000:63bf:3fff:fdd2"], False),  # Teredo
 ])
 def test_addresses_are_checked_after_resolution(addresses, allowed):
     resolve = resolver_for({"push.example.org": addresses})
