@@ -258,9 +258,12 @@ def _stream_messages(out: IO[str], client: MatrixClient, room_id: str, user_id: 
                 continue
             out.write((", " if written else "") + json.dumps(event))
             written += 1
-        token = page.get("end")
-        if not chunk or not token:
+        # The homeserver leaves `end` out once the timeline is exhausted; a page may come back
+        # empty before that when events are filtered out after the fetch.
+        next_token = page.get("end")
+        if not next_token or next_token == token:
             return written
+        token = next_token
 
 
 # -- matrix:sync-profile ---------------------------------------------------------------------
