@@ -368,3 +368,30 @@ def test_observers_and_snapshot(
     assert f"claimed:{job.id}" in seen and f"completed:{job.id}" in seen and "stopping" in seen
     assert started == [f"start:{service.worker_id}", "stop"]
     assert service.snapshot().stopping
+
+
+def test_no_listen_mode_polls(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    service = start_worker(overrides={"worker.types": "test", "worker.listen": False})
+    assert service.listener is None
+    job = queue.add("test:record")
+    wait_status(conn, job.id, "completed", timeout=3)
+    listening = conn.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+                             " AND application_name = 'haosq-listen'").fetchone()
+    assert listening["n"] == 0
+
+
+def test_rescue_of_a_job_an_operator_cancelled_ends_it_cancelled(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    job = queue.add("test:record")
+    conn.execute(
+        "INSERT INTO haosq.workers (token, worker_id, pid, hostname, concurrency, last_heartbeat)"
+        " VALUES ('00000000-0000-0000-0000-0000000000aa', 'gone', 1, 'h', 1, now() - interval '1 hour')")
+    conn.execute("UPDATE haosq.jobs SET status = 'processing', attempts = 1, cancel_requested_at = now(),"
+                 " owner_token = '00000000-0000-0000-0000-0000000000aa' WHERE id = %s", (job.id,))
+    start_worker(overrides={"worker.types": "test"})
+    row = wait_status(conn, job.id, "cancelled", timeout=5)
+    assert row["owner_token"] is None and row["completed_at"] is not None
+    assert executions(conn, job.id) == []

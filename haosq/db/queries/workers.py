@@ -32,7 +32,8 @@ RETURNING worker_id
 """
 
 # Jobs held by a worker that is not alive (dead, stopped, unknown, or silent past the
-# timeout) go back to pending, keeping their due time, or to failed when out of attempts.
+# timeout) go back to pending, keeping their due time, or to failed when out of attempts;
+# a job an operator asked to cancel ends cancelled instead of running again.
 # The attempt was counted when the job was claimed.
 RESCUE_JOBS = """
 WITH orphaned AS (
@@ -47,9 +48,11 @@ WITH orphaned AS (
      FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE haosq.jobs j
-   SET status = CASE WHEN j.attempts >= coalesce(j.max_attempts, %(default_max_attempts)s)
+   SET status = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN j.attempts >= coalesce(j.max_attempts, %(default_max_attempts)s)
                      THEN 'failed' ELSE 'pending' END,
-       completed_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, %(default_max_attempts)s)
+       completed_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+                             OR j.attempts >= coalesce(j.max_attempts, %(default_max_attempts)s)
                            THEN now() END,
        error = format('worker %%s stopped responding during attempt %%s', j.worker_id, j.attempts),
        owner_token = NULL, worker_id = NULL, worker_pid = NULL, updated_at = now()
