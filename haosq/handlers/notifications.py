@@ -118,19 +118,25 @@ class Pusher:
         self.matrix = MatrixGateway(self.client, config)
         self.webpush = WebPush(self.client, config)
 
-    def check(self, device: MatrixDevice | WebPushDevice) -> None:
+    def check(self, device: MatrixDevice | WebPushDevice, fields: NotificationFields | None = None) -> None:
         """Configuration and payload checks that need no network (before any side effect)."""
         if isinstance(device, MatrixDevice):
             self.matrix.url_for(device.url)
-        else:
-            self.webpush.vapid()
+            return
+        self.webpush.vapid()
+        if fields is not None:
+            size = len(webpush_message(fields))
+            if size > WEBPUSH_MAX_PLAINTEXT:
+                raise PermanentError(
+                    f"invalid payload: fields 'title', 'body' and 'data' make a {size}-byte Web Push "
+                    f"message; push services take at most {WEBPUSH_MAX_PLAINTEXT} bytes"
+                )
 
     def send(self, device: MatrixDevice | WebPushDevice, fields: NotificationFields) -> Delivery:
         if isinstance(device, MatrixDevice):
             return self.matrix.send(self.matrix.url_for(device.url), matrix_notification(fields),
                                     matrix_device(device))
-        message = {"title": fields.title, "body": fields.body, "data": fields.data}
-        data = json.dumps({k: v for k, v in message.items() if v not in (None, {})}).encode()
+        data = webpush_message(fields)
         subscription = device.subscription
         keys = {"p256dh": subscription.keys.p256dh, "auth": subscription.keys.auth}
         return self.webpush.send({"endpoint": subscription.endpoint, "keys": keys}, data,
@@ -138,6 +144,16 @@ class Pusher:
 
     def close(self) -> None:
         self.client.close()
+
+
+# Push services must accept 4096-byte bodies; aes128gcm adds 103 bytes (header, tag, padding).
+WEBPUSH_MAX_PLAINTEXT = 4096 - 103
+
+
+def webpush_message(fields: NotificationFields) -> bytes:
+    """The JSON a Web Push subscriber receives (decrypted): title, body and data."""
+    message = {"title": fields.title, "body": fields.body, "data": fields.data}
+    return json.dumps({k: v for k, v in message.items() if v not in (None, {})}).encode()
 
 
 def matrix_notification(fields: NotificationFields) -> dict[str, Any]:
@@ -170,7 +186,7 @@ def push(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     fields = parse_payload(PushNotification, payload)
     pusher = Pusher(PushConfig.from_context(ctx))
     try:
-        pusher.check(fields.device)
+        pusher.check(fields.device, fields)
         delivery = pusher.send(fields.device, fields)
     finally:
         pusher.close()
@@ -187,7 +203,7 @@ def push_batch(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     pusher = Pusher(config)
     try:
         for device in fields.devices:
-            pusher.check(device)
+            pusher.check(device, fields)
         limiter = RateLimiter(fields.rate_per_second or config.rate_per_second,
                               fields.rate_per_minute or config.rate_per_minute)
         done = ctx.checkpoints()
@@ -233,6 +249,7 @@ def push_digest(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
             title=render(title_t, variables, "title"), body=render(body_t, variables, "body"),
             data={**fields.data, "count": len(batch.items)}, ttl=fields.ttl,
         )
+        pusher.check(fields.device, notification)
         delivery = pusher.send(fields.device, notification)
     finally:
         pusher.close()

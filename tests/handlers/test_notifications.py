@@ -252,3 +252,14 @@ def test_push_digest_summarises_pending_items(run_handler, http_peer, tls_ca, qu
     assert unsent["n"] == 0
     again = run_handler.run("notification:digest", payload, handlers=push_config(peer, tls_ca))
     assert again["sent"] is False and len(peer.requests) == 1
+
+
+def test_oversized_web_push_message_is_refused_before_sending(run_handler, http_peer, tls_ca, vapid):
+    peer = http_peer()
+    browser = BrowserSubscription(f"{peer.url}/push/big")
+    with pytest.raises(PermanentError, match="'title', 'body' and 'data'"):
+        run_handler.run("notification:push", {
+            "device": {"provider": "webpush", "subscription": browser.json},
+            "body": "x" * 3000, "data": {"blob": "y" * 1500},
+        }, handlers=push_config(peer, tls_ca, vapid))
+    assert peer.requests == []
