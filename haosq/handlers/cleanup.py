@@ -11,7 +11,7 @@ Configuration:
     roots = ["/var/lib/myapp/uploads"]      # cleanup:old-files works only under these (HAOSQ_CLEANUP_ROOTS)
     batch_size = 1000                       # rows per delete statement
     database_url = "postgresql://..."       # the host tables' database; default: haosq's own
-    job_retention_days = 30                 # cleanup:job-logs also deletes jobs finished before this
+    job_retention_days = 90                 # cleanup:job-logs deletes jobs finished before this
 
     [handlers.cleanup.invites]
     table = "public.invites"
@@ -313,12 +313,14 @@ def job_logs(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     fields = parse_payload(JobLogs, payload)
     config = cleanup_config(ctx)
     size = batch_size(config, fields.batch_size)
+    # Finished jobs go after the configured retention, else with their logs (the seed's
+    # "clean up old completed jobs" with one olderThanDays).
     jobs_days = fields.jobs_older_than_days
-    if jobs_days is None and config.get("job_retention_days") is not None:
-        jobs_days = float(config["job_retention_days"])
-    plan = [("job_logs", fields.older_than_days), ("digest_items", fields.older_than_days)]
-    if jobs_days is not None:
-        plan.insert(0, ("jobs", jobs_days))
+    if jobs_days is None:
+        retention = config.get("job_retention_days")
+        jobs_days = float(retention) if retention is not None else fields.older_than_days
+    plan = [("jobs", jobs_days), ("job_logs", fields.older_than_days),
+            ("digest_items", fields.older_than_days)]
     counts = {"job_logs": 0, "jobs": 0, "digest_items": 0}
     with ctx.connection() as conn:
         for what, days in plan:

@@ -174,3 +174,23 @@ def test_job_logs_and_finished_jobs_past_retention(run_handler, queue, conn):
     assert messages == ["fresh", "fresh"]
     titles = [row["t"] for row in conn.execute("SELECT item->>'title' AS t FROM haosq.digest_items")]
     assert titles == ["pending"]
+
+
+def test_job_logs_alone_also_prunes_finished_jobs_like_the_seed(run_handler, queue, conn):
+    old = queue.add("demo:echo", {}).id
+    kept = queue.add("demo:echo", {}).id
+    conn.execute("""UPDATE haosq.jobs SET status = 'failed', completed_at = now() - interval '31 days'
+                    WHERE id = %s""", (old,))
+    conn.execute("""UPDATE haosq.jobs SET status = 'completed', completed_at = now() - interval '1 day'
+                    WHERE id = %s""", (kept,))
+    dry = run_handler.run("cleanup:job-logs", {"olderThanDays": 30, "dryRun": True}, handlers={})
+    assert dry["jobs_deleted"] == 1 and dry["dry_run"] is True
+    assert {row["id"] for row in conn.execute("SELECT id FROM haosq.jobs")} >= {old, kept}
+    result = run_handler.run("cleanup:job-logs", {"olderThanDays": 30}, handlers={})
+    assert result["jobs_deleted"] == 1
+    ids = {row["id"] for row in conn.execute("SELECT id FROM haosq.jobs")}
+    assert old not in ids and kept in ids
+    kept_by_config = run_handler.run("cleanup:job-logs", {"olderThanDays": 0},
+                                     handlers={"cleanup": {"job_retention_days": 365}})
+    assert kept_by_config["jobs_deleted"] == 0
+    assert kept in {row["id"] for row in conn.execute("SELECT id FROM haosq.jobs")}
