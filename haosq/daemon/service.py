@@ -56,6 +56,7 @@ from haosq.handlers.registry import REGISTRY, Registry
 log = logging.getLogger("haosq.worker")
 
 COMPACT_EVERY_SECONDS = 60.0
+FIRST_CLAIM_WAIT_SECONDS = 10.0
 
 
 class WorkerService:
@@ -167,6 +168,11 @@ class WorkerService:
             duty.start()
             self.duties.append(duty)
             log.info("duty %s started", getattr(duty, "name", type(duty).__name__))
+        # Ready means claiming: wait for the first claim round trip (bounded, so that a slow
+        # database delays READY=1 a little instead of failing the start).
+        if not self.worker.first_cycle.wait(FIRST_CLAIM_WAIT_SECONDS):
+            log.warning("no claim round trip within %gs; reporting ready anyway",
+                        FIRST_CLAIM_WAIT_SECONDS)
         self._ready = True
         self._notify("on_ready", self.snapshot())
 

@@ -164,6 +164,8 @@ class JobWorker:
         self.failed = 0
         self.refused_acks = 0
         self.loop_alive_at: datetime | None = None
+        # Set once the first claim round trip succeeded: the service reports READY=1 after it.
+        self.first_cycle = threading.Event()
         self._queue: Any = None
 
     # -- hooks ----------------------------------------------------------------------------
@@ -283,6 +285,7 @@ class JobWorker:
                     self._want_claim = True
                     self._retry_due = None
                 self._cycle()
+                self.first_cycle.set()
                 pause = 0.0
             except psycopg.Error as exc:
                 self._database_error(exc, "claim loop")

@@ -85,7 +85,7 @@ def notify_socket(tmp_path):
     sock.close()
 
 
-def test_daemon_speaks_sd_notify_and_serves_metrics(cli_env, notify_socket, queue, tmp_path):
+def test_daemon_speaks_sd_notify_and_serves_metrics(cli_env, notify_socket, queue, tmp_path, conn):
     for n in range(5):
         queue.add("demo:echo", {"n": n, "password": "hunter2"})
     port = free_port()
@@ -95,6 +95,9 @@ def test_daemon_speaks_sd_notify_and_serves_metrics(cli_env, notify_socket, queu
                     "--metrics-port", str(port))
     try:
         fields = notify_socket.wait_for(lambda f: f == "READY=1")
+        # READY=1 comes after the first claim: some of the waiting jobs are taken already.
+        claimed = conn.execute("SELECT count(*) AS n FROM haosq.jobs WHERE attempts > 0").fetchone()["n"]
+        assert claimed >= 1
         ready_at = fields.index("READY=1")
         assert any(f.startswith("STATUS=") and "/4 busy" in f for f in fields[ready_at:])
         notify_socket.wait_for(lambda f: f == "WATCHDOG=1")
