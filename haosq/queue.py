@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ TYPE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*:[a-z0-9][a-z0-9_.-]*")
 PRIORITY_RANGE = (-1000, 1000)
 MAX_TAG_LENGTH = 100
 MAX_TAGS = 50
+MAX_LIST_LIMIT = 100_000
 # A NUL character (\u0000 not preceded by an escaping backslash): PostgreSQL's jsonb refuses it.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -65,9 +67,14 @@ def serialise_payload(payload: object, max_bytes: int) -> str:
         text = _ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidJob(f"invalid payload: not JSON-serialisable ({exc})") from None
+    except RecursionError:
+        raise InvalidJob("invalid payload: nested too deeply to serialise") from None
     if "\\u0000" in text and _JSON_NUL.search(text):
         raise InvalidJob("invalid payload: strings must not contain NUL (\\u0000) characters")
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise InvalidJob("invalid payload: strings must be valid Unicode (no lone surrogates)") from None
     if size > max_bytes:
         raise InvalidJob(
             f"invalid payload: {size} bytes is over the limit of {max_bytes} bytes "
@@ -123,7 +130,8 @@ def validate_timeout(timeout: object) -> float | None:
         return None
     if isinstance(timeout, timedelta):
         timeout = timeout.total_seconds()
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+    if (isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+            or not math.isfinite(timeout)):
         raise InvalidJob(f"invalid timeout {timeout!r}: expected a positive number of seconds")
     return float(timeout)
 
@@ -226,6 +234,8 @@ class JobQueue:
         Every job is validated before anything is sent. Accepts `JobSpec`s or dicts with the
         same keys (`type`, `payload`, `priority`, ...).
         """
+        if isinstance(jobs, str | bytes | Mapping | JobSpec):
+            raise InvalidJob("add_many takes a list of jobs; use add() for a single job")
         validated = [self._validated(*self._spec_fields(spec)) for spec in jobs]
         if not validated:
             return 0
@@ -236,6 +246,8 @@ class JobQueue:
 
     @staticmethod
     def _spec_fields(spec: JobSpec | Mapping[str, Any]) -> tuple[Any, ...]:
+        if type(spec) is not dict and not isinstance(spec, JobSpec | Mapping):
+            raise InvalidJob(f"invalid job {spec!r}: expected a JobSpec or a dict with a 'type'")
         if type(spec) is dict or isinstance(spec, Mapping):
             unknown = set(spec) - {f for f in JobSpec.__dataclass_fields__}
             if unknown:
@@ -269,6 +281,8 @@ class JobQueue:
     ) -> list[Job]:
         """Jobs newest first. `type` takes a type or a family; `status` also takes "scheduled".
         Page with `before_id` = the last id of the previous page."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidJob(f"invalid limit {limit!r}: expected an integer from 0 to {MAX_LIST_LIMIT}")
         job_filter = self.filter(status=status, type=type, tag=tag, created_after=created_after,
                                  created_before=created_before, search=search)
         with self.db.connection() as conn:

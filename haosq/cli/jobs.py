@@ -57,6 +57,8 @@ def read_payload(source: str | None) -> dict[str, Any]:
         hint = "" if origin != "--payload" or text.lstrip()[:1] in ("{", "[") else (
             " (nor is it an existing file)")
         raise InvalidJob(f"payload from {origin} is not valid JSON{hint}: {exc}") from None
+    except RecursionError:
+        raise InvalidJob(f"payload from {origin} is nested too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidJob(f"payload from {origin} must be a JSON object, got {type(payload).__name__}")
     return payload
