@@ -7,14 +7,17 @@ Users are registered through the admin API with the shared secret.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import itertools
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -186,27 +189,63 @@ class Homeserver:
             return response.json() if response.status_code == 200 else {"status": response.status_code}
 
 
-@pytest.fixture(scope="session")
-def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Homeserver]:
+@dataclass
+class _Launch:
+    process: subprocess.Popen[bytes]
+    server: Homeserver
+    started: float
+
+
+_EARLY: list[_Launch] = []
+
+
+def _launch() -> _Launch:
+    """Start Synapse in a fresh home directory; it answers some seconds later."""
     python = _ensure_venv()
-    home = tmp_path_factory.mktemp("synapse")
+    home = Path(tempfile.mkdtemp(prefix="haosq-synapse-"))
     port = _free_port()
     secret = secrets.token_hex(16)
     (home / "homeserver.yaml").write_text(CONFIG.format(
         server_name=SERVER_NAME, home=home, port=port, secret=secret,
         macaroon=secrets.token_hex(16), form=secrets.token_hex(16)))
     (home / "log.yaml").write_text(LOG_CONFIG.format(home=home))
+    # A signing key file holds the ed25519 seed: 32 random bytes, unpadded base64.
+    seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")
+    (home / "signing.key").write_text(f"ed25519 a_test {seed}\n")
     started = time.monotonic()
-    subprocess.run([str(python), "-m", "synapse.app.homeserver", "-c", str(home / "homeserver.yaml"),
-                    "--generate-keys"], check=True, capture_output=True, cwd=home)
-    process = subprocess.Popen(
-        [str(python), "-m", "synapse.app.homeserver", "-c", str(home / "homeserver.yaml")],
-        cwd=home, stdout=subprocess.DEVNULL, stderr=open(home / "stderr.log", "wb"))  # noqa: SIM115
-    server = Homeserver(f"http://127.0.0.1:{port}", secret, home)
-    deadline = time.monotonic() + 90
+    with open(home / "stderr.log", "wb") as stderr:
+        process = subprocess.Popen(
+            [str(python), "-m", "synapse.app.homeserver", "-c", str(home / "homeserver.yaml")],
+            cwd=home, stdout=subprocess.DEVNULL, stderr=stderr)
+    return _Launch(process, Homeserver(f"http://127.0.0.1:{port}", secret, home), started)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start Synapse as soon as the session knows it needs one, so that its start-up overlaps
+    with the tests that run before the matrix tests."""
+    if session.config.option.collectonly:
+        return
+    if not _EARLY and any("synapse" in getattr(item, "fixturenames", ()) for item in session.items):
+        _EARLY.append(_launch())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A homeserver started early but never used (the session stopped first) is stopped here."""
+    while _EARLY:
+        launch = _EARLY.pop()
+        launch.process.kill()
+        launch.process.wait()
+        shutil.rmtree(launch.server.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def synapse() -> Iterator[Homeserver]:
+    launch = _EARLY.pop() if _EARLY else _launch()
+    process, server = launch.process, launch.server
+    deadline = time.monotonic() + 120
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"Synapse exited: {(home / 'stderr.log').read_text()[-2000:]}")
+            raise RuntimeError(f"Synapse exited: {(server.home / 'stderr.log').read_text()[-2000:]}")
         try:
             if httpx.get(f"{server.url}/_matrix/client/versions", timeout=1).status_code == 200:
                 break
@@ -214,9 +253,9 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Homeserver]:
             pass
         if time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError("Synapse did not answer within 90 s")
+            raise RuntimeError("Synapse did not answer within 120 s")
         time.sleep(0.1)
-    server.started_in = time.monotonic() - started
+    server.started_in = time.monotonic() - launch.started
     server.admin = server.register("haosq-admin", admin=True)
     yield server
     process.terminate()
@@ -224,3 +263,4 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Homeserver]:
         process.wait(15)
     except subprocess.TimeoutExpired:
         process.kill()
+    shutil.rmtree(server.home, ignore_errors=True)
