@@ -35,6 +35,7 @@ from haosq.db.queries.claims import Ack
 from haosq.errors import PermanentError, Retry, UnknownJobType
 from haosq.handlers.registry import HandlerSpec, JobContext
 from haosq.models import Job
+from haosq.secrets import mask_text
 
 RESULT_LIMIT_BYTES = 1024 * 1024
 
@@ -116,15 +117,17 @@ def invoke(running: Running) -> Any:
 
 
 def describe_error(error: BaseException) -> str:
-    """The error text kept on the job: the message, then the traceback when there is one."""
+    """The error text kept on the job: the message, then the traceback when there is one;
+    URL passwords and secret-looking key=value pairs masked (stored errors are shown to
+    viewers, webhooks and logs)."""
     message = f"{type(error).__name__}: {error}"
     remote = getattr(error, "remote_traceback", None)
     if remote:
-        return f"{error}\n\n{remote.rstrip()}"
+        return mask_text(f"{error}\n\n{remote.rstrip()}")
     if error.__traceback__ is None:
-        return message
+        return mask_text(message)
     trace = "".join(traceback.format_exception(error)).rstrip()
-    return f"{message}\n\n{trace}"
+    return mask_text(f"{message}\n\n{trace}")
 
 
 @dataclass(frozen=True)

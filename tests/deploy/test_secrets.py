@@ -85,3 +85,14 @@ def test_cli_show_and_list_mask_payloads(queue, cli_env):
     assert listed.returncode == 0, listed.stderr
     assert "hunter2" not in listed.stdout and "pw42" not in listed.stdout
     assert json.loads(listed.stdout)[0]["payload"]["smtp_password"] == MASK
+
+
+def test_stored_errors_are_masked():
+    from haosq.daemon.execution import describe_error
+
+    try:
+        raise ConnectionError("login failed for smtp://mailer:hunter2@mail.example.com token=abc")
+    except ConnectionError as exc:
+        text = describe_error(exc)
+    assert "hunter2" not in text and "abc" not in text.split("token=")[1][:3]
+    assert "ConnectionError" in text and "smtp://mailer:***@mail.example.com" in text
