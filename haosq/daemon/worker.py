@@ -350,7 +350,7 @@ class JobWorker:
             if len(rows) < claim and self._wake_generation == generation:
                 self._want_claim = False
             if rows:
-                log.debug("claimed %d job(s)", len(rows))
+                log.info("claimed %d job(s)", len(rows))
             for row in rows:
                 self._dispatch(Job.from_row(row))
 
@@ -382,6 +382,13 @@ class JobWorker:
         self._tasks.put(running)
 
     def _finish(self, outcome: Outcome) -> None:
+        if outcome.status != "completed":
+            # The job's own log says why the attempt ended (the full traceback is in `error`).
+            job = outcome.running.job
+            summary = str(outcome.ack.error or outcome.status).split("\n", 1)[0]
+            level = "warn" if outcome.status in ("retried", "cancelled") else "error"
+            message = f"attempt {job.attempts} {outcome.status}: {summary}"
+            self._logs.write(job.id, job.attempts, level, message, None)
         with self._finished_lock:
             self._finished.append(outcome)
         self._event.set()

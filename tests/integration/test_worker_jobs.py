@@ -160,6 +160,9 @@ def test_retries_back_off_on_the_workers_clock_then_fail_with_traceback(
     assert last["status"] == "failed"
     assert last["completed_at"] is not None
     assert "Traceback" in last["error"] and "ValueError: boom" in last["error"]
+    logs = wait_until(lambda: len(queue.logs(job.id)) == 3 and queue.logs(job.id))
+    assert [(entry.attempt, entry.level) for entry in logs] == [(1, "warn"), (2, "warn"), (3, "error")]
+    assert logs[-1].message == "attempt 3 failed: ValueError: boom"
 
 
 def test_retry_after_and_permanent_error(
