@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from haosq.cli.common import (
 from haosq.durations import format_duration
 from haosq.errors import InvalidJob
 from haosq.models import Job, JobStatus
-from haosq.secrets import mask_job_fields, mask_text
+from haosq.secrets import mask_job_fields, mask_text, mask_value
 
 jobs_app = typer.Typer(help="List, inspect, retry and cancel jobs.", no_args_is_help=True)
 workers_app = typer.Typer(help="List workers and clean up dead ones.", no_args_is_help=True)
@@ -205,7 +206,8 @@ def cancel_jobs(ctx: typer.Context, job_ids: JobIds) -> None:
 @jobs_app.command("logs")
 def job_logs(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None:
     """Show a job's log lines."""
-    logs = state(ctx).queue.logs(job_id)
+    logs = [replace(line, message=mask_text(line.message), metadata=mask_value(line.metadata))
+            for line in state(ctx).queue.logs(job_id)]
     if as_json:
         print_json(logs)
         return

@@ -96,3 +96,17 @@ def test_stored_errors_are_masked():
         text = describe_error(exc)
     assert "hunter2" not in text and "abc" not in text.split("token=")[1][:3]
     assert "ConnectionError" in text and "smtp://mailer:***@mail.example.com" in text
+
+
+def test_cli_job_logs_are_masked(queue, conn, cli_env):
+    job = queue.add("demo:echo", {})
+    conn.execute(
+        "INSERT INTO haosq.job_logs (job_id, level, message, metadata) VALUES (%s, 'info', %s, %s)",
+        (job.id, "connecting to https://svc:pw77@api.example.com",
+         json.dumps({"api_token": "tok-9", "rows": 3})))
+    shown = subprocess.run([HAOSQ, "jobs", "logs", str(job.id), "--json"], env=cli_env,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    line = json.loads(shown.stdout)[0]
+    assert line["message"] == "connecting to https://svc:***@api.example.com"
+    assert line["metadata"] == {"api_token": MASK, "rows": 3}
