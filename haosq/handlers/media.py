@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import av
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageSequence
 
 from haosq.errors import PermanentError
 from haosq.handlers.pathguard import atomic_output
@@ -116,20 +116,47 @@ def image_for_thumbnails(path: Path, max_pixels: int) -> Image.Image:
         return upright.copy()
 
 
+ANIMATED_FORMATS = ("WEBP", "PNG")  # formats Pillow writes animated (WebP, APNG)
+
+
 def reencode_image(source: Path, target: Path, fmt: str, quality: int, max_width: int | None,
                    max_pixels: int) -> None:
-    image = image_for_thumbnails(source, max_pixels)
-    if max_width and image.width > max_width:
-        height = max(1, round(image.height * max_width / image.width))
-        image = image.resize((max_width, height), Image.Resampling.LANCZOS)
-    image = _rgb_for(image, fmt)
+    """Re-encode an image; an animated one keeps every frame (to WebP or APNG)."""
+    with open_image(source, max_pixels) as probe:
+        animated = bool(getattr(probe, "is_animated", False))
+    if animated:
+        if fmt not in ANIMATED_FORMATS:
+            raise PermanentError(
+                f"format: {source.name} is animated; compress it to webp or png to keep its frames")
+        frames, durations, loop = _frames(source, max_pixels)
+    else:
+        frames, durations, loop = [image_for_thumbnails(source, max_pixels)], [], 0
+    frames = [_rgb_for(_fit_width(frame, max_width), fmt) for frame in frames]
     options: dict[str, Any] = {"quality": quality}
     if fmt == "JPEG":
         options.update(optimize=True, progressive=True)
     elif fmt == "PNG":
         options = {"optimize": True}
+    if animated:
+        options.update(save_all=True, append_images=frames[1:], duration=durations, loop=loop)
     with atomic_output(target) as temp:
-        image.save(temp, format=fmt, **options)
+        frames[0].save(temp, format=fmt, **options)
+
+
+def _frames(path: Path, max_pixels: int) -> tuple[list[Image.Image], list[int], int]:
+    with open_image(path, max_pixels) as image:
+        frames, durations = [], []
+        for frame in ImageSequence.Iterator(image):
+            frames.append(frame.convert("RGBA"))
+            durations.append(int(frame.info.get("duration", 100)))
+        return frames, durations, int(image.info.get("loop", 0))
+
+
+def _fit_width(image: Image.Image, max_width: int | None) -> Image.Image:
+    if max_width and image.width > max_width:
+        height = max(1, round(image.height * max_width / image.width))
+        return image.resize((max_width, height), Image.Resampling.LANCZOS)
+    return image
 
 
 # -- video and audio ------------------------------------------------------------------------

@@ -382,6 +382,29 @@ def test_video_is_transcoded_to_h264_at_the_target_width(file_area, job_context)
     assert os.stat(video).st_size == result["sizeAfter"]
 
 
+def test_an_animated_gif_keeps_its_frames_when_compressed(file_area, job_context):
+    frames = [Image.new("RGB", (300, 200), colour) for colour in ("red", "lime", "blue", "white")]
+    for index, frame in enumerate(frames):  # some detail, so that the GIF is not trivially small
+        for x in range(0, 300, 7):
+            frame.putpixel((x, (x * 3 + index * 11) % 200), (x % 256, 90, 180))
+    gif = file_area.root / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=[100, 200, 100, 300], loop=0)
+
+    payload = {"filePath": str(gif), "format": "webp", "quality": 60, "maxWidth": 150}
+    result = compress_media(payload, job_context("file:compress-media", payload,
+                                                 {"files": file_area.table()}))
+
+    assert result["kept"] == "compressed"
+    with Image.open(result["output"]) as webp:
+        assert webp.format == "WEBP" and webp.n_frames == 4 and webp.size == (150, 100)
+        webp.seek(2)
+        red, green, blue = webp.convert("RGB").getpixel((75, 50))
+        assert blue > 200 and red < 60 and green < 60
+    payload = {"filePath": str(gif), "format": "jpeg"}
+    with pytest.raises(PermanentError, match="animated"):
+        compress_media(payload, job_context("file:compress-media", payload, {"files": file_area.table()}))
+
+
 def test_video_transcode_keeps_the_sound(file_area, job_context):
     video = make_video(file_area.root / "talk.mp4", seconds=1.0, size=(320, 240), audio=True)
     payload = {"filePath": str(video), "maxWidth": 160}
