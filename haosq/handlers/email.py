@@ -381,6 +381,10 @@ def send_batch(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
             sent.append({"index": index, "to": recipients, "refused": record.get("refused", [])})
         else:
             failed.append({"index": index, "to": recipients, "reason": record["reason"]})
+    if not sent:
+        # Nothing went out: fail the job (visible as failed) instead of completing it quietly.
+        reasons = "; ".join(f"{', '.join(f['to'])}: {f['reason']}" for f in failed[:5])
+        raise PermanentError(f"no message of the batch was accepted ({len(failed)} refused): {reasons}")
     return {"sent": sent, "failed": failed, "total": len(messages)}
 
 

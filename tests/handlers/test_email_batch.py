@@ -204,3 +204,10 @@ def test_add_digest_item_validates_and_joins_the_callers_transaction(queue, data
         own.commit()
     rows = conn.execute("SELECT id, item->>'title' AS title FROM haosq.digest_items").fetchall()
     assert rows == [{"id": kept, "title": "committed"}]
+
+
+def test_batch_where_nothing_is_accepted_fails(run_handler, smtp):
+    smtp.reject.update({"user0@example.org", "user1@example.org"})
+    with pytest.raises(PermanentError, match=r"no message of the batch was accepted \(2 refused\)"):
+        run_handler.run("email:batch", _batch(2), handlers=smtp.handlers_config())
+    assert smtp.received == []
