@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -83,6 +84,7 @@ class Clamd:
     config: Path
     max_file_size: int
     client: ClamdClient
+    tcp_address: str
 
 
 CLAMD_LIMITS = {"MaxFileSize": "5M", "MaxScanSize": "20M", "StreamMaxLength": "300M",
@@ -104,9 +106,14 @@ def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
         f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:Eicar-Test-Signature\n")
     (database / "haosq.ndb").write_text(f"{HAOSQ_SIGNATURE}:0:*:{HAOSQ_MARKER.hex()}\n")
     socket_path = home / "clamd.sock"
+    with socket.socket() as probe:  # a free TCP port for clamd's second listener
+        probe.bind(("127.0.0.1", 0))
+        tcp_port = probe.getsockname()[1]
     config = home / "clamd.conf"
     config.write_text("\n".join([
         f"LocalSocket {socket_path}",
+        "TCPAddr 127.0.0.1",
+        f"TCPSocket {tcp_port}",
         "Foreground yes",
         f"DatabaseDirectory {database}",
         f"LogFile {home / 'clamd.log'}",
@@ -132,7 +139,7 @@ def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
             process.kill()
             raise RuntimeError("clamd did not answer PING within 60 s")
         time.sleep(0.05)
-    yield Clamd(socket_path, config, 5 * 1024**2, client)
+    yield Clamd(socket_path, config, 5 * 1024**2, client, f"127.0.0.1:{tcp_port}")
     process.terminate()
     try:
         process.wait(10)

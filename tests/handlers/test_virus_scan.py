@@ -20,7 +20,8 @@ pytest_plugins = ["tests.handlers.peers_files"]
 @pytest.fixture
 def scan(clamd, file_area, job_context):
     def run(path: Path, **settings) -> dict:
-        table = file_area.table(clamd_address=str(clamd.socket), clamd_config=str(clamd.config), **settings)
+        table = file_area.table(clamd_config=str(clamd.config), **{"clamd_address": str(clamd.socket),
+                                                                    **settings})
         payload = {"fileId": "u1", "filePath": str(path)}
         return virus_scan(payload, job_context("file:virus-scan", payload, {"files": table}))
 
@@ -51,6 +52,16 @@ def test_eicar_is_quarantined_and_the_signature_named(scan, file_area, conn):
     assert stat.S_IMODE(quarantined.stat().st_mode) == 0o400
     logged = conn.execute("SELECT level, metadata FROM haosq.job_logs ORDER BY id DESC LIMIT 1").fetchone()
     assert logged["level"] == "warn" and logged["metadata"]["signature"] == result["signature"]
+
+
+def test_clamd_over_tcp(scan, clamd, file_area):
+    infected = file_area.root / "eicar.txt"
+    infected.write_bytes(EICAR)
+    result = scan(infected, clamd_address=f"tcp://{clamd.tcp_address}")
+    assert result["status"] == "infected" and not infected.exists()
+    clean = file_area.root / "clean.txt"
+    clean.write_text("fine")
+    assert scan(clean, clamd_address=clamd.tcp_address)["status"] == "clean"
 
 
 def test_a_marker_inside_an_archive_is_found(scan, file_area):
