@@ -216,14 +216,16 @@ class MetricsServer:
             return False, "starting"
         if snapshot.stopping:
             return False, "stopping"
-        loop_age = self._age("loop_alive_at")
-        if not loop_age <= self.loop_stale_after:
-            return False, f"claim loop silent for {loop_age:.0f}s"
+        # The database first: when it is away the claim loop backs off too, and the
+        # database is the cause worth reporting.
         try:
             self.probe.run(queries.ping)
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return False, f"database unreachable: {mask_text(reason)}"
+        loop_age = self._age("loop_alive_at")
+        if not loop_age <= self.loop_stale_after:
+            return False, f"claim loop silent for {loop_age:.0f}s"
         return True, "ok"
 
     # -- WorkerObserver ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from haosq.clock import Clock, SystemClock
@@ -24,6 +24,9 @@ from haosq.models import Job
 from haosq.secrets import mask_text
 
 log = logging.getLogger("haosq.notify")
+
+# How often STATUS= follows the live counts between heartbeats (only when they changed).
+STATUS_INTERVAL_SECONDS = 2.0
 
 
 def status_line(snapshot: WorkerSnapshot) -> str:
@@ -95,11 +98,36 @@ class NotifyObserver:
         *,
         loop_stale_after: float = 60.0,
         clock: Clock | None = None,
+        snapshot: Callable[[], WorkerSnapshot] | None = None,
+        status_interval: float = STATUS_INTERVAL_SECONDS,
     ) -> None:
         self.notifier = notifier or SystemdNotifier()
         self.loop_stale_after = loop_stale_after
         self.clock = clock or SystemClock()
         self._ready_sent = False
+        # Between heartbeats, STATUS= follows the live counts from `snapshot` (if given).
+        self._snapshot = snapshot
+        self._status_interval = status_interval
+        self._last_status: str | None = None
+        self._ticker_stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def _send_status(self, snapshot: WorkerSnapshot, *extra: str) -> None:
+        line = status_line(snapshot)
+        self._last_status = line
+        self.notifier.send(*extra, f"STATUS={line}")
+
+    def _tick(self) -> None:
+        assert self._snapshot is not None
+        while not self._ticker_stop.wait(self._status_interval):
+            try:
+                line = status_line(self._snapshot())
+            except Exception:  # the status line is a courtesy; never let it break anything
+                log.debug("no snapshot for the status line", exc_info=True)
+                continue
+            if line != self._last_status:
+                self._last_status = line
+                self.notifier.send(f"STATUS={line}")
 
     def _loop_alive(self, snapshot: WorkerSnapshot) -> bool:
         alive_at: datetime | None = snapshot.loop_alive_at
@@ -108,17 +136,19 @@ class NotifyObserver:
         return (self.clock.now() - alive_at).total_seconds() <= self.loop_stale_after
 
     def on_ready(self, snapshot: WorkerSnapshot) -> None:
-        self._ready_sent = self.notifier.send("READY=1", f"STATUS={status_line(snapshot)}",
-                                              f"MAINPID={os.getpid()}")
+        self._ready_sent = self.notifier.enabled
+        self._send_status(snapshot, "READY=1", f"MAINPID={os.getpid()}")
+        if self.notifier.enabled and self._snapshot is not None and self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="haosq-sd-status", daemon=True)
+            self._ticker.start()
 
     def on_heartbeat(self, snapshot: WorkerSnapshot) -> None:
-        fields = [f"STATUS={status_line(snapshot)}"]
         if self._loop_alive(snapshot) and not snapshot.stopping:
-            fields.append("WATCHDOG=1")
+            self._send_status(snapshot, "WATCHDOG=1")
         else:
             log.warning("claim loop silent for more than %.0fs: not feeding the systemd watchdog",
                         self.loop_stale_after)
-        self.notifier.send(*fields)
+            self._send_status(snapshot)
 
     def on_job_claimed(self, job: Job) -> None:
         return None
@@ -131,7 +161,8 @@ class NotifyObserver:
         self.notifier.send(f"STATUS=database error: {reason[:200]}")
 
     def on_stopping(self, snapshot: WorkerSnapshot) -> None:
-        self.notifier.send("STOPPING=1", f"STATUS={status_line(snapshot)}")
+        self._ticker_stop.set()
+        self._send_status(snapshot, "STOPPING=1")
 
 
 def notify_observer(context: DutyContext) -> NotifyObserver:
@@ -139,7 +170,7 @@ def notify_observer(context: DutyContext) -> NotifyObserver:
     as stuck after two heartbeats without a sign of life, or ten poll periods if longer."""
     settings = context.settings
     stale = max(2 * settings["worker.heartbeat_interval_ms"], 10 * settings["worker.poll_interval_ms"])
-    return NotifyObserver(loop_stale_after=stale / 1000, clock=context.clock)
+    return NotifyObserver(loop_stale_after=stale / 1000, clock=context.clock, snapshot=context.snapshot)
 
 
 # Listed in PLUGIN_MODULES, so that `haosq worker` imports this module and registers it.

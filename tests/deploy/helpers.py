@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,9 +71,21 @@ class ThrowawayServer:
 
     def __init__(self, settings) -> None:
         from haosq.db.connection import start_embedded
+        from haosq.errors import DatabaseUnavailable
 
         self.settings = settings
-        self.url = start_embedded(settings)
+        # The server is scaffolding here, not what the test is about: on a loaded machine its
+        # first start may fail, so try twice and show its log if it still will not start.
+        for attempt in (1, 2):
+            try:
+                self.url = start_embedded(settings)
+                break
+            except DatabaseUnavailable as exc:
+                log = settings.data_dir / "pg" / "log"
+                text = log.read_text()[-3000:] if log.exists() else "(no log)"
+                if attempt == 2:
+                    raise AssertionError(f"{exc}\n{text}") from None
+                time.sleep(1)
         self.stopped = False
 
     def stop(self) -> None:

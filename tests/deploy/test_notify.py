@@ -73,3 +73,17 @@ def test_watchdog_interval_only_for_our_pid():
     assert SystemdNotifier({"WATCHDOG_USEC": "120000000"}).watchdog_seconds == 120
     other = SystemdNotifier({"WATCHDOG_USEC": "120000000", "WATCHDOG_PID": str(os.getpid() + 1)})
     assert other.watchdog_seconds is None
+
+
+def test_status_follows_live_counts_between_heartbeats(notify_socket):
+    current = {"snapshot": snapshot(busy=1, processed=10, failed=0)}
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(notify_socket.path)})
+    observer = NotifyObserver(notifier, snapshot=lambda: current["snapshot"], status_interval=0.05)
+    observer.on_ready(current["snapshot"])
+    notify_socket.wait_for(lambda f: f == "STATUS=1/16 busy, 10 done")
+    current["snapshot"] = snapshot(busy=7, processed=3201, failed=0)
+    notify_socket.wait_for(lambda f: f == "STATUS=7/16 busy, 3,201 done")
+    observer.on_stopping(snapshot(stopping=True, busy=0, processed=3201, failed=0))
+    fields = notify_socket.wait_for(lambda f: f == "STOPPING=1")
+    assert "WATCHDOG=1" not in fields  # only heartbeats feed the watchdog
+    notifier.close()
