@@ -27,6 +27,7 @@ from haosq.tui.screens.dashboard import DashboardScreen
 from haosq.tui.screens.detail import JobDetailScreen
 from haosq.tui.screens.help import HelpScreen
 from haosq.tui.screens.jobs import JobsScreen
+from haosq.tui.screens.schedules import SchedulesScreen
 from haosq.tui.screens.workers import WorkersScreen
 
 RECONNECT_SECONDS = 2.0
@@ -40,12 +41,14 @@ class HaosqApp(App[None]):
         "dashboard": DashboardScreen,
         "jobs": JobsScreen,
         "workers": WorkersScreen,
+        "schedules": SchedulesScreen,
     }
     DEFAULT_MODE = "dashboard"
     BINDINGS = [
-        Binding("1,d", "switch_mode('dashboard')", "Dashboard"),
+        Binding("1,d", "switch_mode('dashboard')", "Dash", tooltip="Dashboard"),
         Binding("2,j", "switch_mode('jobs')", "Jobs"),
         Binding("3,w", "switch_mode('workers')", "Workers"),
+        Binding("4", "switch_mode('schedules')", "Sched", tooltip="Schedules"),
         Binding("question_mark", "help", "Help"),
         Binding("ctrl+r", "refresh_now", "Refresh", show=False),
         Binding("q", "quit", "Quit"),
@@ -149,6 +152,7 @@ class HaosqApp(App[None]):
             ("Jobs", list(JobsScreen.BINDINGS)),
             ("Job detail", list(JobDetailScreen.BINDINGS)),
             ("Workers", list(WorkersScreen.BINDINGS)),
+            ("Schedules", list(SchedulesScreen.BINDINGS)),
         ]
         self.push_screen(HelpScreen(sections, self.read_only))
 
@@ -165,5 +169,6 @@ class HaosqApp(App[None]):
             action = binding.action
             if screen.check_action(action.split("(")[0], ()) is False:
                 continue
-            yield SystemCommand(binding.description, f"{binding.description} (key {binding.key})",
+            title = binding.tooltip or binding.description
+            yield SystemCommand(title, f"{title} (key {binding.key})",
                                 partial(self.run_action, action, screen))

@@ -108,6 +108,7 @@ class PostgresSource:
         read_only: bool = False,
         clock: Clock | None = None,
         stale_after: timedelta | None = None,
+        handler_types: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.read_only = read_only
@@ -116,6 +117,7 @@ class PostgresSource:
         self.stale_after = stale_after or timedelta(
             seconds=heartbeat * settings["worker.stale_after_heartbeats"]
         )
+        self._handler_types = handler_types or registered_handler_types
         self._database: Database | None = None
         self._queue: JobQueue | None = None
         self._lock = threading.Lock()
@@ -231,15 +233,14 @@ class PostgresSource:
         return WorkersView(self.clock.now(), [Worker.from_row(r) for r in rows], current,
                            self.stale_after)
 
+    def schedules(self) -> list[Any]:
+        return self.queue.schedules()
+
     def job_types(self) -> list[str]:
         """Types for completion: the registered handlers and the types seen in the queue."""
-        from haosq.handlers.registry import REGISTRY, load_builtin_handlers
-
-        with contextlib.suppress(Exception):  # a broken handler module must not stop the TUI
-            load_builtin_handlers()
         with self._conn() as conn:
             seen = dashboard_sql.job_types_seen(conn)
-        return sorted(set(REGISTRY.types()) | set(seen))
+        return sorted(set(self._handler_types()) | set(seen))
 
     def count_actionable(self, job_filter: job_sql.JobFilter, action: str) -> int:
         with self._conn() as conn:
@@ -297,6 +298,15 @@ class PostgresSource:
                 on_state(_describe(exc))
                 stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def registered_handler_types() -> list[str]:
+    """The built-in handlers' types (a broken handler module must not stop the TUI)."""
+    from haosq.handlers.registry import REGISTRY, load_builtin_handlers
+
+    with contextlib.suppress(Exception):
+        load_builtin_handlers()
+    return REGISTRY.types()
 
 
 def _describe(exc: BaseException) -> str:

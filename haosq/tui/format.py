@@ -27,11 +27,11 @@ _SECRET_KEY = re.compile(r"password|passwd|token|authori[sz]ation|secret|key|cre
                          re.IGNORECASE)
 
 
-def local_time(value: datetime | None, *, with_date: bool = True) -> str:
+def local_time(value: datetime | None, *, with_date: bool = True, seconds: bool = True) -> str:
     if value is None:
         return "-"
-    local = value.astimezone()
-    return local.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
+    clock = "%H:%M:%S" if seconds else "%H:%M"
+    return value.astimezone().strftime(f"%Y-%m-%d {clock}" if with_date else clock)
 
 
 def age(now: datetime, then: datetime | None) -> str:

@@ -101,6 +101,9 @@ def load_fixed_data(conn: psycopg.Connection) -> dict[str, int]:
     insert_worker(conn, "bravo", "active", -9, concurrency=2, types=("files",), processed=310, failed=3)
     insert_worker(conn, "charlie", "dead", -180, concurrency=1, processed=41)
     ids: dict[str, int] = {}
+    ids["completed_prune"] = insert_job(conn, "cleanup:prune", "completed", created=-9 * 60,
+                                        started=-9 * 60, finished=-9 * 60 + 0.5, attempts=1,
+                                        result='{"deleted": 1204}')
     for minute in range(1, 58, 3):
         for n in range(minute % 7 + 1):
             insert_job(conn, "email:send", "completed", created=-minute - 1, started=-minute - 0.5,
@@ -130,7 +133,24 @@ def load_fixed_data(conn: psycopg.Connection) -> dict[str, int]:
     ids["pending2"] = insert_job(conn, "notify:push", "pending", created=-1, tags=("mobile",))
     ids["scheduled"] = insert_job(conn, "cleanup:prune", "pending", created=-5, due=60 * 24,
                                   tags=("nightly",))
+    insert_schedule(conn, "nightly-prune", "cleanup:prune", cron="0 3 * * *", next_due=15 * 60,
+                    last_due=-9 * 60, last_job=ids["completed_prune"])
+    insert_schedule(conn, "digest-every-15m", "email:send", interval=900, next_due=5, last_due=-10,
+                    last_job=ids["failed"])
+    insert_schedule(conn, "weekly-report", "report:weekly", cron="0 8 * * 1", next_due=4 * 24 * 60,
+                    enabled=False)
     return ids
+
+
+def insert_schedule(conn: psycopg.Connection, name: str, job_type: str, *, cron: str | None = None,
+                    interval: float | None = None, next_due: float, last_due: float | None = None,
+                    last_job: int | None = None, enabled: bool = True) -> None:
+    conn.execute(
+        """INSERT INTO haosq.schedules (name, type, cron, interval_seconds, enabled, anchor_at,
+                                        next_due_at, last_due_at, last_job_id, created_at, updated_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (name, job_type, cron, interval, enabled, at(-24 * 60), at(next_due),
+         at(last_due) if last_due is not None else None, last_job, at(-24 * 60), at(-24 * 60)))
 
 
 @pytest.fixture
@@ -148,12 +168,17 @@ def fixed_data(conn: psycopg.Connection) -> dict[str, int]:
     return load_fixed_data(conn)
 
 
+def handler_types() -> list[str]:
+    """A fixed list, so that completions on screen do not follow the built-in handlers."""
+    return ["email:send", "files:thumbnail", "report:weekly"]
+
+
 @pytest.fixture
 def make_app(settings: Settings, clock: FrozenClock) -> Callable[..., HaosqApp]:
     def make(*, read_only: bool = False, live: bool = False, app_settings: Settings | None = None,
              refresh_interval: float = 0) -> HaosqApp:
         source = PostgresSource(app_settings or settings, read_only=read_only, clock=clock,
-                                stale_after=timedelta(seconds=60))
+                                stale_after=timedelta(seconds=60), handler_types=handler_types)
         app = HaosqApp(source, clock=clock, refresh_interval=refresh_interval, min_refresh=0,
                        read_only=read_only, live=live)
         app.animation_level = "none"

@@ -229,3 +229,90 @@ async def test_read_only_hides_actions_and_changes_nothing(make_app, fixed_data,
     assert status_of(conn, fixed_data["failed"]) == "failed"
     conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA haosq FROM {role}")
     conn.execute(f"REVOKE USAGE ON SCHEMA haosq FROM {role}")
+
+
+def schedule_state(conn: psycopg.Connection, name: str) -> dict[str, Any]:
+    return conn.execute("SELECT enabled, last_job_id FROM haosq.schedules WHERE name = %s",
+                        (name,)).fetchone()
+
+
+async def open_schedules(pilot: Any, name: str) -> None:
+    from haosq.tui.screens.schedules import SchedulesScreen
+
+    await settle(pilot)
+    await pilot.press("4")
+    await settle(pilot)
+    screen = pilot.app.screen
+    assert isinstance(screen, SchedulesScreen)
+    names = [s.name for s in screen.schedules]
+    screen.query_one("#schedules-table").move_cursor(row=names.index(name), animate=False)
+
+
+async def test_schedules_disable_enable_and_run_now(make_app, fixed_data, conn) -> None:
+    before = job_count(conn)
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_schedules(pilot, "nightly-prune")
+        await pilot.press("e")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        assert schedule_state(conn, "nightly-prune")["enabled"] is False
+        await open_schedules(pilot, "weekly-report")
+        await pilot.press("e")
+        await settle(pilot)
+        assert schedule_state(conn, "weekly-report")["enabled"] is True
+        await pilot.press("x")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot)
+    assert job_count(conn) == before + 1
+    newest = conn.execute("SELECT type FROM haosq.jobs ORDER BY id DESC LIMIT 1").fetchone()
+    assert newest["type"] == "report:weekly"
+
+
+async def wait_until(pilot: Any, condition: Any, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await pilot.pause(0.05)
+
+
+async def test_logs_stream_live_on_notify(make_app, fixed_data, conn) -> None:
+    from textual.widgets import RichLog
+
+    app = make_app(live=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_jobs(pilot)
+        cursor_to(screen, fixed_data["processing"])
+        await pilot.press("enter")
+        await settle(pilot)
+        log = app.screen.query_one("#detail-logs", RichLog)
+        assert "decoding /srv/media/cat.jpg" in "\n".join(line.text for line in log.lines)
+        conn.execute("INSERT INTO haosq.job_logs (job_id, attempt, level, message)"
+                     " VALUES (%s, 1, 'info', 'wrote 64px thumbnail')", (fixed_data["processing"],))
+        conn.execute("SELECT pg_notify('haosq_events', 'log')")
+        await wait_until(pilot, lambda: "wrote 64px thumbnail" in "\n".join(
+            line.text for line in log.lines))
+
+
+async def test_lost_connection_shows_banner_and_recovers(make_app, fixed_data, conn) -> None:
+    from haosq.tui.screens.base import ConnectionBanner
+
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.db_error is None
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        app.request_refresh(True)
+        await wait_until(pilot, lambda: app.db_error is not None)
+        banner = app.screen.query_one(ConnectionBanner)
+        assert banner.has_class("-visible")
+        assert "Database unreachable" in str(banner.render())
+        await wait_until(pilot, lambda: app.db_error is None)
+        assert not banner.has_class("-visible")

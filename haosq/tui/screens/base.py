@@ -20,7 +20,7 @@ T = TypeVar("T")
 # Actions that change the database: hidden (and refused) in read-only mode.
 WRITE_ACTIONS = frozenset({
     "retry", "cancel", "bulk_retry", "bulk_cancel", "new_job", "cleanup_workers",
-    "enable_schedule", "disable_schedule", "run_schedule",
+    "toggle_schedule", "run_schedule",
 })
 
 

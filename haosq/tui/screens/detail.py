@@ -20,6 +20,8 @@ from haosq.tui.screens.base import HaosqScreen
 from haosq.tui.screens.confirm import ConfirmScreen
 from haosq.tui.screens.jobs import job_status
 
+LOG_POLL_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class DetailData:
@@ -88,6 +90,13 @@ class JobDetailScreen(HaosqScreen):
         self.query_one("#detail-result", Static).border_title = "Result"
         self.query_one("#detail-error", Static).border_title = "Error"
         self.query_one("#detail-attempts", Static).border_title = "Attempts"
+        # Logs of a running job stream in: poll them each second while it runs (workers write
+        # logs without a notification), on top of the app's event-driven refresh.
+        self.set_interval(LOG_POLL_SECONDS, self._poll_running)
+
+    def _poll_running(self) -> None:
+        if self.job is not None and self.job.status is JobStatus.PROCESSING and self.is_current:
+            self.refresh_data()
 
     def refresh_data(self) -> None:
         source, job_id, after = self.haosq.source, self.job_id, self.last_log_id

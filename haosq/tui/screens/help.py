@@ -21,7 +21,7 @@ def key_label(key: str) -> str:
 def bindings_table(sections: list[tuple[str, list[BindingType]]], read_only: bool) -> Table:
     table = Table(box=None, show_header=False, expand=True, padding=(0, 1))
     table.add_column("key", style="bold cyan", no_wrap=True, width=14)
-    table.add_column("action")
+    table.add_column("action", ratio=1)
     for title, bindings in sections:
         table.add_row(Text(title, style="bold underline"), "")
         for binding in bindings:
@@ -29,7 +29,7 @@ def bindings_table(sections: list[tuple[str, list[BindingType]]], read_only: boo
                 continue
             if read_only and binding.action.split("(")[0] in WRITE_ACTIONS:
                 continue
-            table.add_row(key_label(binding.key), binding.description or binding.action)
+            table.add_row(key_label(binding.key), binding.tooltip or binding.description or binding.action)
         table.add_row("", "")
     return table
 

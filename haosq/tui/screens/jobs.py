@@ -21,7 +21,7 @@ PAGE = 200
 # Live refresh re-reads the rows on screen from the top; past this many, it waits for `g`.
 LIVE_ROWS = 1000
 # The widths of the other columns, their cell padding and the scrollbar.
-FIXED_WIDTH = 1 + 7 + 16 + 10 + 3 + 4 + 14 + 8 * 2 + 2
+FIXED_WIDTH = 1 + 7 + 16 + 10 + 3 + 4 + 14 + 8 * 2 + 4
 
 
 def job_status(job: Job, now: datetime) -> str:
@@ -73,8 +73,9 @@ class JobsScreen(HaosqScreen):
         table.add_column("Pri", key="priority", width=3)
         table.add_column("Try", key="attempts", width=4)
         table.add_column("Created", key="created", width=14)
-        table.add_column("Error / tags", key="info", width=max(8, self.app.size.width - FIXED_WIDTH))
+        table.add_column("Error or tags", key="info", width=max(8, self.app.size.width - FIXED_WIDTH))
         self.load(self.haosq.source.job_types, self._set_types, group="types")
+        self.watch(table, "scroll_y", self._scrolled, init=False)
 
     def _set_types(self, types: list[str]) -> None:
         self.types = types
@@ -154,6 +155,11 @@ class JobsScreen(HaosqScreen):
         self.load(lambda: self.haosq.source.jobs(job_filter, after_id=last, limit=PAGE,
                                                  oldest_first=oldest_first),
                   apply, group="more")
+
+    def _scrolled(self, scroll_y: float) -> None:
+        table = self.table
+        if scroll_y + table.size.height >= table.virtual_size.height - PAGE // 4:
+            self._load_more()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.cursor_row >= len(self.order) - PAGE // 4:

@@ -1,0 +1,70 @@
+"""The real `haosq-tui` in a real terminal (tmux): type keys, read the screen."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.tui.conftest import load_fixed_data
+
+TMUX = shutil.which("tmux")
+
+
+def capture(session: str) -> str:
+    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                          text=True, check=False).stdout
+
+
+def wait_for(session: str, *texts: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = capture(session)
+        if all(text in screen for text in texts):
+            return screen
+        time.sleep(0.1)
+    raise AssertionError(f"{texts!r} never appeared; the screen was:\n{screen}")
+
+
+@pytest.fixture
+def tmux_session(cli_env: dict[str, str]) -> Iterator[str]:
+    assert TMUX, "tmux is installed by .ci/system-deps"
+    session = f"haosq-tui-{uuid.uuid4().hex[:8]}"
+    command = [str(Path(sys.executable).parent / "haosq-tui"), "--refresh-interval", "1"]
+    env = {**cli_env, "TERM": "xterm-256color"}
+    passed = [f"{k}={v}" for k, v in env.items() if k.startswith(("HAOSQ_", "PATH", "HOME", "TERM", "LANG"))]
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "32",
+                    "env", *passed, *command], check=True)
+    yield session
+    subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+
+
+def test_haosq_tui_in_a_real_terminal(tmux_session, conn) -> None:
+    ids = load_fixed_data(conn)
+    session = tmux_session
+    wait_for(session, "Dashboard", "pending", "email:send")
+    subprocess.run(["tmux", "send-keys", "-t", session, "j"], check=True)
+    screen = wait_for(session, "newest first", "cleanup:prune", "failed")
+    assert str(ids["scheduled"]) in screen
+    subprocess.run(["tmux", "send-keys", "-t", session, "?"], check=True)
+    wait_for(session, "Keys", "Retry")
+    subprocess.run(["tmux", "send-keys", "-t", session, "Escape"], check=True)
+    # A job added while the app runs shows up on its own (NOTIFY, or the 1 s refresh).
+    conn.execute("INSERT INTO haosq.jobs (type) VALUES ('report:weekly')")
+    wait_for(session, "report:weekly")
+    subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode
+        if alive != 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("haosq-tui did not quit on q")
