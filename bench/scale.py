@@ -173,7 +173,9 @@ def main() -> None:
             label = f"{size // 1_000_000}M" if size % 1_000_000 == 0 else str(size)
             scenario(f"finished_{label}", size, 0, args, info)
     if args.only in (None, "pending"):
-        scenario("pending_1M", 0, min(1_000_000, max(args.scale_max, args.drain_jobs * 2)), args, info)
+        backlog = min(1_000_000, max(args.scale_max, args.drain_jobs * 2))
+        label = f"{backlog // 1_000_000}M" if backlog % 1_000_000 == 0 else str(backlog)
+        scenario(f"pending_{label}", 0, backlog, args, info)
 
 
 if __name__ == "__main__":
