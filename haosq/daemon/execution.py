@@ -55,6 +55,9 @@ def encode_result(value: Any) -> str:
         raise NotJsonResult(
             f"the handler returned a value that is not JSON ({type(value).__name__}): {exc}"
         ) from None
+    if "\\u0000" in text:
+        raise NotJsonResult("the handler's result contains a NUL character (\\u0000), "
+                            "which PostgreSQL cannot store in jsonb")
     if len(text) > RESULT_LIMIT_BYTES:
         raise NotJsonResult(f"the handler's result is {len(text)} bytes, over {RESULT_LIMIT_BYTES}")
     return text
@@ -120,6 +123,11 @@ def describe_error(error: BaseException) -> str:
     """The error text kept on the job: the message, then the traceback when there is one;
     URL passwords and secret-looking key=value pairs masked (stored errors are shown to
     viewers, webhooks and logs)."""
+    # PostgreSQL text cannot hold NUL: one in an exception message must not wedge the batch.
+    return _describe(error).replace("\x00", "\\x00")
+
+
+def _describe(error: BaseException) -> str:
     message = f"{type(error).__name__}: {error}"
     remote = getattr(error, "remote_traceback", None)
     if remote:

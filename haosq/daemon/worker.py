@@ -88,9 +88,12 @@ class _LogBuffer:
 
     def write(self, job_id: int, attempt: int, level: str, message: str,
               metadata: dict[str, Any] | None) -> None:
+        # Whatever a handler passes, the batch insert must not fail on it (text cannot hold
+        # NUL in PostgreSQL, metadata must be JSON).
+        message = message.replace("\x00", "\\x00")
         if metadata:
-            # Whatever a handler passes, the batch insert must not fail on it.
-            metadata = json.loads(json.dumps(metadata, default=str))
+            text = json.dumps(metadata, default=str).replace("\\u0000", "\\\\x00")
+            metadata = json.loads(text)
         with self._lock:
             self._lines.append((job_id, attempt, level, message, metadata))
 

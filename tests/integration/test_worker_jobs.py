@@ -398,3 +398,17 @@ def test_rescue_of_a_job_an_operator_cancelled_ends_it_cancelled(
     row = wait_status(conn, job.id, "cancelled", timeout=5)
     assert row["owner_token"] is None and row["completed_at"] is not None
     assert executions(conn, job.id) == []
+
+
+def test_nul_characters_fail_the_job_without_wedging_the_worker(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    raising = queue.add("test:nul", max_attempts=1)
+    returning = queue.add("test:nul", {"result": True}, max_attempts=1)
+    start_worker(overrides={"worker.types": "test"})
+    assert "g\\x00h" in wait_status(conn, raising.id, "failed")["error"]
+    assert "NUL" in wait_status(conn, returning.id, "failed")["error"]
+    after = queue.add("test:record")
+    wait_status(conn, after.id, "completed")
+    logs = wait_until(lambda: queue.logs(raising.id))
+    assert logs[0].message == "a\\x00b" and logs[0].metadata == {"detail": "c\\x00d"}

@@ -108,3 +108,12 @@ def proc_spin(payload: dict[str, Any], ctx: JobContext) -> None:
 @haosq.handler("test:proc-die", executor="process")
 def proc_die(payload: dict[str, Any]) -> None:
     os._exit(int(payload.get("code", 3)))
+
+
+@haosq.handler("test:nul")
+def nul(payload: dict[str, Any], ctx: JobContext) -> Any:
+    """NUL characters, which PostgreSQL text and jsonb refuse, in a log line and an error."""
+    ctx.log.info("a\x00b", detail="c\x00d")
+    if payload.get("result"):
+        return {"text": "e\x00f"}
+    raise ValueError("g\x00h")
