@@ -25,24 +25,31 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM haosq.webhook_routes) AND NOT EXISTS (SELECT 1 FROM haosq.job_webhooks) THEN
         RETURN NULL;
     END IF;
+    -- The finished rows first; routes are looked up once per type, not once per row.
+    WITH finished AS (
+        SELECT n.id, n.type, n.status
+          FROM new_rows n
+          JOIN old_rows o ON o.id = n.id
+         WHERE n.status IN ('completed', 'failed', 'cancelled')
+           AND o.status IS DISTINCT FROM n.status
+           AND n.type <> 'haosq:webhook'
+    ), routed AS (
+        SELECT t.type,
+               (SELECT r.url FROM haosq.webhook_routes r
+                 WHERE r.type IN (t.type, split_part(t.type, ':', 1))
+                 ORDER BY length(r.type) DESC LIMIT 1) AS url
+          FROM (SELECT DISTINCT type FROM finished) t
+    )
     INSERT INTO haosq.jobs (type, payload, max_attempts, created_by)
     SELECT 'haosq:webhook',
-           jsonb_build_object('job_id', n.id, 'job_type', n.type, 'status', n.status,
-                              'url', coalesce(w.url, r.url)),
+           jsonb_build_object('job_id', f.id, 'job_type', f.type, 'status', f.status,
+                              'url', coalesce(w.url, routed.url)),
            10,
            'haosq'
-      FROM new_rows n
-      JOIN old_rows o ON o.id = n.id
-      LEFT JOIN haosq.job_webhooks w ON w.job_id = n.id
-      LEFT JOIN LATERAL (
-            SELECT url FROM haosq.webhook_routes
-             WHERE type IN (n.type, split_part(n.type, ':', 1))
-             ORDER BY length(type) DESC LIMIT 1
-      ) r ON true
-     WHERE n.status IN ('completed', 'failed', 'cancelled')
-       AND o.status IS DISTINCT FROM n.status
-       AND n.type <> 'haosq:webhook'
-       AND coalesce(w.url, r.url) IS NOT NULL;
+      FROM finished f
+      JOIN routed ON routed.type = f.type
+      LEFT JOIN haosq.job_webhooks w ON w.job_id = f.id
+     WHERE coalesce(w.url, routed.url) IS NOT NULL;
     RETURN NULL;
 END $$;
 
