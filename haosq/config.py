@@ -275,6 +275,9 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
             values[key] = _parse(option, raw, str(found))
             sources[key] = str(found)
 
+    if env.get("HAOSQ_GROUP"):
+        _apply_group(env["HAOSQ_GROUP"], sections, found, values, sources)
+
     for option in OPTIONS:
         # The first name is the primary one; it wins over the seed's names.
         for name in option.env:
@@ -285,6 +288,34 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
     if values["database_url"] is None:
         _database_url_from_file(env, values, sources)
     return Settings(values, sources, sections, found)
+
+
+def group_options() -> dict[str, Option]:
+    """The settings a [groups.NAME] table may give: the worker's, by their short names."""
+    return {option.key.removeprefix("worker."): option for option in OPTIONS
+            if option.key.startswith("worker.") and option.key != "worker.id"}
+
+
+def _apply_group(group: str, sections: Mapping[str, Any], found: Path | None,
+                 values: dict[str, Any], sources: dict[str, str]) -> None:
+    """HAOSQ_GROUP=NAME (haosq-worker@NAME): the worker settings of [groups.NAME], above the
+    rest of the file and below the environment. Without its own `types`, a group runs the
+    types its name says (`email`, or `all` for every type)."""
+    groups = sections.get("groups", {})
+    table = groups.get(group, {}) if isinstance(groups, Mapping) else {}
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[groups.{group}]: expected a table")
+    where = f"{found} [groups.{group}]"
+    known = group_options()
+    for key, raw in table.items():
+        option = known.get(key)
+        if option is None:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        values[option.key] = _parse(option, raw, where)
+        sources[option.key] = where
+    if "types" not in table:
+        values["worker.types"] = _parse(_BY_KEY["worker.types"], group, "env HAOSQ_GROUP")
+        sources["worker.types"] = "env HAOSQ_GROUP"
 
 
 def _database_url_from_file(env: Mapping[str, str], values: dict[str, Any], sources: dict[str, str]) -> None:

@@ -15,13 +15,11 @@ import typer
 from rich.table import Table
 
 from haosq.cli.common import console, print_json, state
-from haosq.config import Settings
+from haosq.config import Settings, group_options
 from haosq.errors import ConfigError
 
 config_app = typer.Typer(help="Show and check the configuration.", no_args_is_help=True)
 
-GROUP_KEYS = {"types", "concurrency", "poll_interval_ms", "heartbeat_interval_ms", "listen",
-              "metrics_port"}
 METRICS_KEYS = {"host", "port"}
 
 
@@ -46,24 +44,22 @@ def show(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = 
     console.print(table, markup=False)
 
 
-def _groups(section: Any) -> None:
+def _groups(section: Any, where: str) -> None:
     if not isinstance(section, Mapping):
         raise ConfigError("[groups]: expected tables, one per worker group ([groups.email])")
+    known = group_options()
     for name, table in section.items():
-        where = f"[groups.{name}]"
+        place = f"[groups.{name}]"
         if not isinstance(table, Mapping):
-            raise ConfigError(f"{where}: expected a table")
-        unknown = sorted(set(table) - GROUP_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(GROUP_KEYS))})")
-        for key in ("concurrency", "poll_interval_ms", "heartbeat_interval_ms"):
-            value = table.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{where} {key} = {value!r}: expected an integer of at least 1")
-        types = table.get("types")
-        if types is not None and not (isinstance(types, str) or (
-                isinstance(types, list) and all(isinstance(t, str) for t in types))):
-            raise ConfigError(f"{where} types = {types!r}: expected a list of job types or families")
+            raise ConfigError(f"{place}: expected a table")
+        for key, raw in table.items():
+            option = known.get(key)
+            if option is None:
+                raise ConfigError(f"{place}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+            try:
+                option.parse(raw)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where} {place} {key} = {raw!r} is invalid: {exc}") from None
 
 
 def _metrics(section: Any) -> None:
@@ -100,7 +96,7 @@ def check_settings(settings: Settings) -> list[str]:
         load_webhook_config(settings)
         checked.append("[webhooks]")
     if "groups" in sections:
-        _groups(sections["groups"])
+        _groups(sections["groups"], where)
         checked.append("[groups]")
     if "metrics" in sections:
         _metrics(sections["metrics"])

@@ -123,8 +123,9 @@ StartLimitIntervalSec=0
 [Service]
 Type=notify
 NotifyAccess=main
-# The instance name is the worker group: the job types it runs (all = every type).
-Environment=HAOSQ_TYPES=%i
+# The instance name is the worker group: [groups.NAME] of haosq.toml, or the job types its
+# name says (email = the email family, all = every type).
+Environment=HAOSQ_GROUP=%i
 Environment=HAOSQ_SHUTDOWN_TIMEOUT={options.shutdown_timeout_seconds:g}
 Environment=HAOSQ_DATA_DIR=%S/haosq
 EnvironmentFile=-{config}/%i.env
@@ -166,9 +167,10 @@ def render_env(group: str, types: str | None, concurrency: int | None) -> str:
         "# Every HAOSQ_* setting works here; `haosq config show` lists them with their sources.",
         "# The database URL does not belong here: it is the credential file credentials/database-url.",
         "",
-        "# Job types or families this group runs (comma separated); 'all' runs every type.",
-        "# Add the family 'haosq' to one group to deliver completion webhooks (haosq:webhook).",
-        f"HAOSQ_TYPES={types or group}",
+        "# Job types or families this group runs (comma separated). Default: [groups.NAME] types",
+        "# in haosq.toml, else the group's name ('all' runs every type). Add the family 'haosq'",
+        "# to one group to deliver completion webhooks (haosq:webhook).",
+        f"HAOSQ_TYPES={types}" if types else f"#HAOSQ_TYPES={group}",
         "# Worker threads.",
         f"HAOSQ_CONCURRENCY={concurrency or 4}",
         "# Fallback polling period in ms; set HAOSQ_LISTEN=false behind PgBouncer transaction pooling.",

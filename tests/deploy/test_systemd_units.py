@@ -22,6 +22,7 @@ from haosq.cli.systemd import (
     render_target,
 )
 from haosq.config import load_settings
+from haosq.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 HAOSQ = str(Path(sys.executable).with_name("haosq"))
@@ -59,7 +60,7 @@ def test_service_has_the_promised_settings():
                      "Restart=on-failure", "DynamicUser=yes", "NoNewPrivileges=yes",
                      "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes",
                      "CapabilityBoundingSet=", "SystemCallFilter=@system-service",
-                     "ExecStart=/opt/haosq/bin/haosq worker", "Environment=HAOSQ_TYPES=%i",
+                     "ExecStart=/opt/haosq/bin/haosq worker", "Environment=HAOSQ_GROUP=%i",
                      "EnvironmentFile=-/etc/haosq/%i.env", "Environment=HAOSQ_SHUTDOWN_TIMEOUT=40",
                      "PartOf=haosq-worker.target", "WantedBy=haosq-worker.target"):
         assert expected in lines, expected
@@ -96,6 +97,26 @@ def test_types_all_means_every_type(tmp_path):
         "email",)
 
 
+def test_instance_name_selects_the_group(tmp_path):
+    config = tmp_path / "haosq.toml"
+    config.write_text('[worker]\nconcurrency = 2\n[groups.mail]\ntypes = ["email", "push:send"]\n'
+                      "concurrency = 6\n")
+    base = {"HAOSQ_CONFIG": str(config)}
+    mail = load_settings(env={**base, "HAOSQ_GROUP": "mail"})
+    assert mail["worker.types"] == ("email", "push:send") and mail["worker.concurrency"] == 6
+    assert mail.sources["worker.concurrency"] == f"{config} [groups.mail]"
+    # A group without a table runs the types its name says; "all" runs everything.
+    assert load_settings(env={**base, "HAOSQ_GROUP": "media"})["worker.types"] == ("media",)
+    assert load_settings(env={**base, "HAOSQ_GROUP": "all"})["worker.types"] == ()
+    assert load_settings(env={**base, "HAOSQ_GROUP": "all"})["worker.concurrency"] == 2
+    # The group's env file (environment) still wins.
+    env_wins = load_settings(env={**base, "HAOSQ_GROUP": "mail", "HAOSQ_TYPES": "email"})
+    assert env_wins["worker.types"] == ("email",)
+    config.write_text("[groups.mail]\ncolour = 1\n")
+    with pytest.raises(ConfigError, match=r"\[groups.mail\]: unknown key 'colour'"):
+        load_settings(env={**base, "HAOSQ_GROUP": "mail"})
+
+
 def test_install_writes_units_env_and_credential_then_doctor_passes(tmp_path, cli_env):
     units, configs = tmp_path / "units", tmp_path / "etc"
     done = run_haosq("systemd", "install", "email", "--concurrency", "8", "--unit-dir", str(units),
@@ -103,7 +124,7 @@ def test_install_writes_units_env_and_credential_then_doctor_passes(tmp_path, cl
     assert done.returncode == 0, done.stderr
     assert (units / SERVICE).is_file() and (units / TARGET).is_file()
     env_file = configs / "email.env"
-    assert "HAOSQ_TYPES=email" in env_file.read_text()
+    assert "#HAOSQ_TYPES=email" in env_file.read_text()
     assert "HAOSQ_CONCURRENCY=8" in env_file.read_text()
     credential = configs / "credentials" / "database-url"
     assert credential.read_text().strip() == cli_env["HAOSQ_DATABASE_URL"]
@@ -129,7 +150,7 @@ def test_install_print_writes_nothing(tmp_path, cli_env):
     done = run_haosq("systemd", "install", "all", "--print", "--unit-dir", str(tmp_path / "u"),
                      "--config-dir", str(tmp_path / "c"), env=cli_env)
     assert done.returncode == 0, done.stderr
-    assert "Type=notify" in done.stdout and "HAOSQ_TYPES=all" in done.stdout
+    assert "Type=notify" in done.stdout and "#HAOSQ_TYPES=all" in done.stdout
     assert not (tmp_path / "u").exists() and not (tmp_path / "c").exists()
     assert cli_env["HAOSQ_DATABASE_URL"] not in done.stdout
 
