@@ -152,3 +152,25 @@ def test_healthz_fails_when_the_database_stops(cli_env, throwaway_database, tmp_
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=2).close()
     assert os.path.exists(tmp_path / "pg")
+
+
+def test_daemon_in_the_units_environment(cli_env, notify_socket, queue, tmp_path, conn):
+    """What systemd gives haosq-worker@demo: HAOSQ_GROUP from the instance name, the database
+    URL only as a credential file, NOTIFY_SOCKET; no URL in the environment or on the command line."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / "database-url").write_text(cli_env["HAOSQ_DATABASE_URL"] + "\n")
+    env = {k: v for k, v in cli_env.items() if k != "HAOSQ_DATABASE_URL"}
+    env.update({"HAOSQ_GROUP": "demo", "CREDENTIALS_DIRECTORY": str(credentials),
+                "NOTIFY_SOCKET": str(notify_socket.path), "HAOSQ_POLL_INTERVAL": "100"})
+    demo = queue.add("demo:echo", {"x": 1})
+    other = queue.add("email:send", {"to": "a@example.com", "subject": "s", "text": "t"})
+    daemon = Daemon(env, tmp_path / "worker.log")
+    try:
+        notify_socket.wait_for(lambda f: f == "READY=1")
+        wait_for(lambda: queue.get(demo.id).status.value == "completed", 20, "the demo job")
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    assert queue.get(other.id).status.value == "pending"  # not this group's type
+    worker = conn.execute("SELECT job_types FROM haosq.workers").fetchone()
+    assert worker["job_types"] == ["demo"]
