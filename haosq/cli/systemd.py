@@ -113,7 +113,6 @@ def render_service(options: UnitOptions) -> str:
 # (systemctl edit haosq-worker@NAME), not here.
 [Unit]
 Description=haosq worker %i
-Documentation=https://pypi.org/project/haosq/
 After=network-online.target postgresql.service
 Wants=network-online.target
 PartOf={TARGET}
