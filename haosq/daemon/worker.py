@@ -403,6 +403,7 @@ class JobWorker:
         database error, and when follow-up jobs depend on which acknowledgements held."""
         rows: list[dict[str, Any]] = []
         with conn.transaction():
+            claims.pin_plans(conn)
             if self._db_trouble:
                 # A claim may have committed while its answer was lost: take back any job
                 # held under our token that we are not running.
