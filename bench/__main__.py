@@ -122,6 +122,12 @@ def table(records: list[dict[str, Any]]) -> str:
         ("SQL function add_job, jobs/s", fmt(median(function.get("jobs_per_s"))), "-", "-", "-",
          "-", "-", "-"),
     ]
+    empty_scale = by.get("scale.empty", {})
+    rows.append(("CPU s per 1,000 jobs: workers / PostgreSQL",
+                 f"{fmt(median(empty_scale.get('worker_cpu_s_per_1000')), 2)} / "
+                 f"{fmt(median(empty_scale.get('postgres_cpu_s_per_1000')), 2)}",
+                 f"{fmt(median(pgq.get('worker_cpu_s_per_1000')), 2)} / -",
+                 f"{fmt(median(proc.get('worker_cpu_s_per_1000')), 2)} / -", "-", "-", "-", "-"))
     scale = {name: r for name, r in by.items() if name.startswith("scale.")}
     empty = median(scale.get("scale.empty", {}).get("drain_jobs_per_s"))
     for name, record in scale.items():

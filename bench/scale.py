@@ -8,8 +8,9 @@ then vacuumed and analysed, as autovacuum would have done by then. Each scenario
 database once; the runs drain on top of it. For each scenario:
 
 - drain: `--drain-jobs` no-op jobs added with add_many, drained by worker processes (timed
-  from the commit of the COPY to the last acknowledgement); with the 1M backlog, the rate
-  over the first `--drain-jobs` jobs of the backlog;
+  from the commit of the COPY to the last acknowledgement), with the CPU seconds per 1,000
+  jobs used by the workers and by the PostgreSQL backends serving them; with the 1M
+  backlog, the rate over the first `--drain-jobs` jobs of the backlog;
 - `haosq stats`: JobQueue.stats(), what the command runs;
 - the TUI: the jobs screen's first page (PostgresSource.jobs, newest first, no filter and
   filtered on failed jobs) and the dashboard (PostgresSource.dashboard).
@@ -26,7 +27,13 @@ from typing import Any
 import psycopg
 
 from bench.common import emit, machine, percentile, scratch_database, summary
-from bench.workers import DEFAULT_CONCURRENCY, DEFAULT_PROCESSES, BenchWorkers, remaining
+from bench.workers import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_PROCESSES,
+    BenchWorkers,
+    process_cpu_seconds,
+    remaining,
+)
 from haosq.config import Settings, load_settings
 from haosq.db.queries.jobs import JobFilter
 from haosq.queue import JobQueue
@@ -95,16 +102,21 @@ def read_times(url: str) -> dict[str, dict[str, float]]:
         source.close()
 
 
-def drain_added(url: str, jobs: int, processes: int, concurrency: int) -> float:
-    """Workers up first; then add_many; time from its commit until every job is done."""
+def drain_added(url: str, jobs: int, processes: int, concurrency: int) -> tuple[float, float, float]:
+    """Workers up first; then add_many; time from its commit until every job is done.
+    Returns jobs/s and the CPU seconds per 1,000 jobs of the workers and of PostgreSQL."""
     with BenchWorkers(url, processes, concurrency) as workers, \
             JobQueue(settings=settings_for(url)) as queue:
         workers.wait_registered()
         queue.add_many([{"type": "bench:noop", "payload": {"i": i}} for i in range(jobs)])
+        worker_cpu, server_cpu = workers.cpu_seconds(), workers.server_cpu_seconds()
         started = time.perf_counter()
         while remaining(url) > 0:
             time.sleep(0.01)
-        return jobs / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        worker_used = workers.cpu_seconds() - worker_cpu
+        server_used = sum(process_cpu_seconds(pid) - used for pid, used in server_cpu.items())
+        return jobs / elapsed, worker_used / jobs * 1000, server_used / jobs * 1000
 
 
 def completed(url: str) -> int:
@@ -131,6 +143,8 @@ def drain_backlog(url: str, jobs: int, processes: int, concurrency: int) -> floa
 def scenario(name: str, finished: int, pending: int, args: argparse.Namespace,
              info: dict[str, Any]) -> dict[str, Any]:
     rates: list[float] = []
+    worker_cpu: list[float] = []
+    server_cpu: list[float] = []
     load_seconds = 0.0
     # One load per scenario; the runs drain on top of it (each adds only --drain-jobs to the
     # history, or takes them from the backlog).
@@ -144,9 +158,15 @@ def scenario(name: str, finished: int, pending: int, args: argparse.Namespace,
             if pending:
                 rates.append(drain_backlog(url, args.drain_jobs, args.processes, args.concurrency))
             else:
-                rates.append(drain_added(url, args.drain_jobs, args.processes, args.concurrency))
+                rate, worker_used, server_used = drain_added(url, args.drain_jobs, args.processes,
+                                                             args.concurrency)
+                rates.append(rate)
+                worker_cpu.append(worker_used)
+                server_cpu.append(server_used)
     return emit(f"scale.{name}", finished_jobs=finished, pending_jobs=pending,
                 drain_jobs=args.drain_jobs, drain_jobs_per_s=summary(rates),
+                worker_cpu_s_per_1000=summary(worker_cpu) if worker_cpu else None,
+                postgres_cpu_s_per_1000=summary(server_cpu) if server_cpu else None,
                 daemon={"processes": args.processes, "concurrency": args.concurrency},
                 load_seconds=round(load_seconds, 1), **reads, machine=info)
 

@@ -18,6 +18,15 @@ DEFAULT_PROCESSES = 2
 DEFAULT_CONCURRENCY = 32
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (from /proc; 0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def remaining(url: str) -> int:
     """Pending plus processing jobs, counted through the two small partial indexes."""
     with psycopg.connect(url) as conn:
@@ -62,15 +71,16 @@ class BenchWorkers:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the worker processes so far (from /proc)."""
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0.0
-        for proc in self.procs:
-            try:
-                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / tick
-        return total
+        return sum(process_cpu_seconds(proc.pid) for proc in self.procs)
+
+    def server_cpu_seconds(self) -> dict[int, float]:
+        """CPU so far of each PostgreSQL backend serving this database (same machine only;
+        the server's shared processes, WAL writer and checkpointer, are not counted)."""
+        with psycopg.connect(self.url) as conn:
+            pids = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()").fetchall()]
+        return {pid: process_cpu_seconds(pid) for pid in pids}
 
     def stop(self) -> None:
         for proc in self.procs:
