@@ -31,6 +31,8 @@ from bench.workers import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PROCESSES,
     BenchWorkers,
+    close_probe,
+    probe,
     process_cpu_seconds,
     remaining,
 )
@@ -120,8 +122,7 @@ def drain_added(url: str, jobs: int, processes: int, concurrency: int) -> tuple[
 
 
 def completed(url: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM haosq.jobs WHERE status = 'completed'").fetchone()
+    row = probe(url).execute("SELECT count(*) FROM haosq.jobs WHERE status = 'completed'").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -163,6 +164,7 @@ def scenario(name: str, finished: int, pending: int, args: argparse.Namespace,
                 rates.append(rate)
                 worker_cpu.append(worker_used)
                 server_cpu.append(server_used)
+        close_probe(url)  # before the scratch database is dropped
     return emit(f"scale.{name}", finished_jobs=finished, pending_jobs=pending,
                 drain_jobs=args.drain_jobs, drain_jobs_per_s=summary(rates),
                 worker_cpu_s_per_1000=summary(worker_cpu) if worker_cpu else None,

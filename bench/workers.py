@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -27,12 +28,29 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+_PROBES: dict[str, psycopg.Connection[Any]] = {}
+
+
+def probe(url: str) -> psycopg.Connection[Any]:
+    """One connection per database for polling, kept open: a connection per poll would load
+    the server under measurement."""
+    conn = _PROBES.get(url)
+    if conn is None or conn.closed:
+        conn = _PROBES[url] = psycopg.connect(url, autocommit=True)
+    return conn
+
+
+def close_probe(url: str) -> None:
+    conn = _PROBES.pop(url, None)
+    if conn is not None:
+        conn.close()
+
+
 def remaining(url: str) -> int:
     """Pending plus processing jobs, counted through the two small partial indexes."""
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT (SELECT count(*) FROM haosq.jobs WHERE status = 'pending')"
-            " + (SELECT count(*) FROM haosq.jobs WHERE status = 'processing')").fetchone()
+    row = probe(url).execute(
+        "SELECT (SELECT count(*) FROM haosq.jobs WHERE status = 'pending')"
+        " + (SELECT count(*) FROM haosq.jobs WHERE status = 'processing')").fetchone()
     return int(row[0]) if row else 0
 
 

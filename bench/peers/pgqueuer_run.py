@@ -14,9 +14,11 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import asyncpg
+import psycopg
 from peerlib import (
     emit,
     percentile,
@@ -49,12 +51,16 @@ async def worker(dsn: str, batch: int, report_pickup: bool) -> None:
     await conn.close()
 
 
-async def queue_depth(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM pgqueuer WHERE status IN ('queued', 'picked')"))
-    finally:
-        await conn.close()
+def depth_probe(dsn: str) -> Callable[[], int]:
+    """Queue depth through one connection kept open (a connection per poll would load the
+    server under measurement)."""
+    conn = psycopg.connect(dsn, autocommit=True)
+
+    def depth() -> int:
+        row = conn.execute("SELECT count(*) FROM pgqueuer WHERE status IN ('queued', 'picked')").fetchone()
+        return int(row[0]) if row else 0
+
+    return depth
 
 
 async def install_and_enqueue(dsn: str, jobs: int) -> float:
@@ -81,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
     enqueue_rate = asyncio.run(install_and_enqueue(args.dsn, args.jobs))
     worker_args = ["worker", "--dsn", args.dsn, "--batch", str(args.batch)]
     procs = spawn_workers(__file__, worker_args, args.processes)
-    drain = timed_drain(procs, lambda: asyncio.run(queue_depth(args.dsn)), args.jobs, args.timeout)
+    drain = timed_drain(procs, depth_probe(args.dsn), args.jobs, args.timeout)
 
     pickup: list[float] = []
     if args.pickup:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 
 import procrastinate
 import psycopg
@@ -52,11 +53,16 @@ async def worker(dsn: str, concurrency: int, report_pickup: bool) -> None:
             await task
 
 
-def queue_depth(dsn: str) -> int:
-    with psycopg.connect(dsn) as conn:
+def depth_probe(dsn: str) -> Callable[[], int]:
+    """Queue depth through one connection kept open."""
+    conn = psycopg.connect(dsn, autocommit=True)
+
+    def depth() -> int:
         row = conn.execute(
             "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')").fetchone()
         return int(row[0]) if row else 0
+
+    return depth
 
 
 async def install_and_enqueue(dsn: str, jobs: int) -> float:
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
     enqueue_rate = asyncio.run(install_and_enqueue(args.dsn, args.jobs))
     worker_args = ["worker", "--dsn", args.dsn, "--concurrency", str(args.concurrency)]
     procs = spawn_workers(__file__, worker_args, args.processes)
-    drain = timed_drain(procs, lambda: queue_depth(args.dsn), args.jobs, args.timeout)
+    drain = timed_drain(procs, depth_probe(args.dsn), args.jobs, args.timeout)
 
     pickup: list[float] = []
     if args.pickup:
