@@ -53,18 +53,25 @@ class TypeRow:
 
 @dataclass(frozen=True)
 class Dashboard:
-    """Everything the dashboard shows, read at one moment."""
+    """The dashboard's cheap part, read at one moment: counts, pending age, workers."""
 
     now: datetime
     by_status: dict[str, int]
-    completed_per_minute: list[int]
-    failed_per_minute: list[int]
-    types: list[TypeRow]
+    by_type: dict[str, dict[str, int]]
     workers_alive: int
     workers_dead: int
     busy: int
     slots: int
     oldest_pending_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Activity:
+    """The dashboard's costlier part: the last hour through the completed_at index."""
+
+    completed_per_minute: list[int]
+    failed_per_minute: list[int]
+    recent: dict[str, dict[str, Any]]
 
     @property
     def completed_last_hour(self) -> int:
@@ -73,6 +80,24 @@ class Dashboard:
     @property
     def failed_last_hour(self) -> int:
         return sum(self.failed_per_minute)
+
+
+def type_rows(dashboard: Dashboard | None, activity: Activity | None) -> list[TypeRow]:
+    """The per-type table: counts from the counters, durations from the last hour."""
+    counts = dashboard.by_type if dashboard else {}
+    recent = activity.recent if activity else {}
+    rows = []
+    for name in sorted(set(counts) | set(recent)):
+        row = recent.get(name)
+        rows.append(TypeRow(
+            type=name,
+            counts=counts.get(name, {}),
+            completed_recent=int(row["completed"]) if row else 0,
+            failed_recent=int(row["failed"]) if row else 0,
+            mean_seconds=_float(row["mean_seconds"]) if row else None,
+            p95_seconds=_float(row["p95_seconds"]) if row else None,
+        ))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -168,8 +193,6 @@ class PostgresSource:
         with self._conn() as conn:
             counts = stats_sql.counts_by_type(conn)
             pending = dashboard_sql.pending_times(conn, now)
-            minutes = dashboard_sql.throughput(conn, now, THROUGHPUT_WINDOW)
-            recent = {r["type"]: r for r in dashboard_sql.recent_by_type(conn, now, THROUGHPUT_WINDOW)}
             workers = dashboard_sql.worker_summary(conn, now, self.stale_after)
         by_status = dict.fromkeys(STATUSES, 0)
         by_type: dict[str, dict[str, int]] = {}
@@ -180,31 +203,25 @@ class PostgresSource:
         scheduled = int(pending["scheduled"] or 0)
         by_status["scheduled"] = scheduled
         by_status["pending"] = max(by_status["pending"] - scheduled, 0)
-        completed, failed = _per_minute(minutes, now)
-        types = []
-        for name in sorted(set(by_type) | set(recent)):
-            row = recent.get(name)
-            types.append(TypeRow(
-                type=name,
-                counts=by_type.get(name, {}),
-                completed_recent=int(row["completed"]) if row else 0,
-                failed_recent=int(row["failed"]) if row else 0,
-                mean_seconds=_float(row["mean_seconds"]) if row else None,
-                p95_seconds=_float(row["p95_seconds"]) if row else None,
-            ))
         oldest = pending["oldest_due"]
         return Dashboard(
             now=now,
             by_status=by_status,
-            completed_per_minute=completed,
-            failed_per_minute=failed,
-            types=types,
+            by_type=by_type,
             workers_alive=int(workers["alive"]),
             workers_dead=int(workers["dead"]),
             busy=int(workers["busy"]),
             slots=int(workers["slots"]),
             oldest_pending_seconds=(now - oldest).total_seconds() if oldest else None,
         )
+
+    def activity(self) -> Activity:
+        now = self.clock.now()
+        with self._conn() as conn:
+            minutes = dashboard_sql.throughput(conn, now, THROUGHPUT_WINDOW)
+            recent = dashboard_sql.recent_by_type(conn, now, THROUGHPUT_WINDOW)
+        completed, failed = _per_minute(minutes, now)
+        return Activity(completed, failed, {r["type"]: r for r in recent})
 
     def jobs(
         self,

@@ -316,3 +316,18 @@ async def test_lost_connection_shows_banner_and_recovers(make_app, fixed_data, c
         assert "Database unreachable" in str(banner.render())
         await wait_until(pilot, lambda: app.db_error is None)
         assert not banner.has_class("-visible")
+
+
+async def test_command_palette_lists_actions_and_respects_read_only(make_app, fixed_data) -> None:
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_jobs(pilot)
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert {"Retry", "Cancel", "Retry all", "Cancel all", "New", "Filter", "Go to workers",
+                "Go to schedules", "Help"} <= titles
+    read_only = make_app(read_only=True)
+    async with read_only.run_test(size=(120, 40)) as pilot:
+        await open_jobs(pilot)
+        titles = {command.title for command in read_only.get_system_commands(read_only.screen)}
+        assert "Filter" in titles
+        assert not titles & {"Retry", "Cancel", "Retry all", "Cancel all", "New"}

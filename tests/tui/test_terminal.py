@@ -68,3 +68,16 @@ def test_haosq_tui_in_a_real_terminal(tmux_session, conn) -> None:
         time.sleep(0.1)
     else:
         raise AssertionError("haosq-tui did not quit on q")
+
+
+def test_haosq_tui_commands_need_a_terminal(cli_env) -> None:
+    bin_dir = Path(sys.executable).parent
+    for command in ([str(bin_dir / "haosq-tui")], [str(bin_dir / "haosq"), "tui"]):
+        done = subprocess.run([*command, "--read-only"], env=cli_env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=60, check=False)
+        assert done.returncode == 2, done.stderr
+        assert "needs a terminal" in done.stderr
+        assert "Traceback" not in done.stderr
+    shown = subprocess.run([str(bin_dir / "haosq"), "tui", "--help"], env=cli_env, capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert shown.returncode == 0 and "--read-only" in shown.stdout and "--refresh-interval" in shown.stdout

@@ -8,7 +8,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from haosq.durations import format_duration
-from haosq.tui.data import Dashboard
+from haosq.tui.data import Activity, Dashboard, type_rows
 from haosq.tui.format import count, percent
 from haosq.tui.screens.base import HaosqScreen
 from haosq.tui.widgets.status_counts import StatusCounts
@@ -18,6 +18,11 @@ TYPE_COLUMNS = ("Type", "Pending", "Running", "Done", "Failed", "Success", "Mean
 
 class DashboardScreen(HaosqScreen):
     TITLE = "Dashboard"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Dashboard | None = None
+        self.activity: Activity | None = None
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
@@ -34,7 +39,7 @@ class DashboardScreen(HaosqScreen):
                 workers.border_title = "Workers"
                 yield Static("", id="workers-text")
         table: DataTable[str | Text] = DataTable(id="types-table", cursor_type="row", zebra_stripes=True)
-        table.border_title = "Job types"
+        table.border_title = "Job types · success, mean and p95 over the last hour"
         yield table
         yield Footer()
 
@@ -45,22 +50,15 @@ class DashboardScreen(HaosqScreen):
             table.add_column(label, key=label)
 
     def refresh_data(self) -> None:
-        self.load(self.haosq.source.dashboard, self.show)
+        # Two loads: the counters answer in milliseconds whatever the history; the last hour's
+        # activity takes longer on a busy queue and fills in when it arrives.
+        source = self.haosq.source
+        self.load(source.dashboard, self.show, group="counts")
+        self.load(source.activity, self.show_activity, group="activity")
 
     def show(self, data: Dashboard) -> None:
+        self.counts = data
         self.query_one(StatusCounts).show(data.by_status)
-        self.query_one("#spark-completed", Sparkline).data = [float(v) for v in data.completed_per_minute]
-        self.query_one("#spark-failed", Sparkline).data = [float(v) for v in data.failed_per_minute]
-        peak_done = max(data.completed_per_minute)
-        peak_failed = max(data.failed_per_minute)
-        self.query_one("#throughput-completed-label", Static).update(Text.assemble(
-            ("completed ", "green"), (count(data.completed_last_hour), "bold"),
-            (f"   peak {count(peak_done)}/min", "dim"),
-        ))
-        self.query_one("#throughput-failed-label", Static).update(Text.assemble(
-            ("failed    ", "red"), (count(data.failed_last_hour), "bold"),
-            (f"   peak {count(peak_failed)}/min", "dim"),
-        ))
         oldest = data.oldest_pending_seconds
         workers = Text.assemble(
             ("alive  ", "dim"), (f"{data.workers_alive:<4}", "bold green"),
@@ -73,13 +71,29 @@ class DashboardScreen(HaosqScreen):
              "bold red" if oldest is not None and oldest > 300 else "bold"),
         )
         self.query_one("#workers-text", Static).update(workers)
-        self._show_types(data)
+        self._show_types()
 
-    def _show_types(self, data: Dashboard) -> None:
+    def show_activity(self, data: Activity) -> None:
+        self.activity = data
+        self.query_one("#spark-completed", Sparkline).data = [float(v) for v in data.completed_per_minute]
+        self.query_one("#spark-failed", Sparkline).data = [float(v) for v in data.failed_per_minute]
+        peak_done = max(data.completed_per_minute)
+        peak_failed = max(data.failed_per_minute)
+        self.query_one("#throughput-completed-label", Static).update(Text.assemble(
+            ("completed ", "green"), (count(data.completed_last_hour), "bold"),
+            (f"   peak {count(peak_done)}/min", "dim"),
+        ))
+        self.query_one("#throughput-failed-label", Static).update(Text.assemble(
+            ("failed    ", "red"), (count(data.failed_last_hour), "bold"),
+            (f"   peak {count(peak_failed)}/min", "dim"),
+        ))
+        self._show_types()
+
+    def _show_types(self) -> None:
         table = self.query_one("#types-table", DataTable)
         cursor = table.cursor_row
         table.clear()
-        for row in data.types:
+        for row in type_rows(self.counts, self.activity):
             rate = row.success_rate
             rate_style = ("" if rate is None else "green" if rate >= 0.99
                           else "yellow" if rate >= 0.9 else "red")

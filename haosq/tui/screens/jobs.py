@@ -53,7 +53,7 @@ class JobsScreen(HaosqScreen):
         self.selected: set[int] = set()
         self.exhausted = False
         self.loading_more = False
-        self.types: list[str] = []
+        self.types: list[str] | None = None
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
@@ -74,11 +74,20 @@ class JobsScreen(HaosqScreen):
         table.add_column("Try", key="attempts", width=4)
         table.add_column("Created", key="created", width=14)
         table.add_column("Error or tags", key="info", width=max(8, self.app.size.width - FIXED_WIDTH))
-        self.load(self.haosq.source.job_types, self._set_types, group="types")
         self.watch(table, "scroll_y", self._scrolled, init=False)
 
-    def _set_types(self, types: list[str]) -> None:
-        self.types = types
+    def _with_types(self, then: Callable[[list[str]], None]) -> None:
+        """Call `then` with the job types for completion, loaded on first use: importing the
+        handler modules takes a moment that the first paint of the table should not wait for."""
+        if self.types is not None:
+            then(self.types)
+            return
+
+        def loaded(types: list[str]) -> None:
+            self.types = types
+            then(types)
+
+        self.load(self.haosq.source.job_types, loaded, group="types")
 
     # -- loading -----------------------------------------------------------------------
 
@@ -213,7 +222,7 @@ class JobsScreen(HaosqScreen):
                 self.job_filter = job_filter
                 self._reset()
 
-        self.app.push_screen(FilterScreen(self.job_filter, self.types), done)
+        self._with_types(lambda types: self.app.push_screen(FilterScreen(self.job_filter, types), done))
 
     def action_toggle_select(self) -> None:
         job_id = self._cursor_id()
@@ -297,4 +306,4 @@ class JobsScreen(HaosqScreen):
                 self.app.notify(f"Enqueued job {job.id} ({job.type})", timeout=4)
                 self.action_reload()
 
-        self.app.push_screen(NewJobScreen(self.types), done)
+        self._with_types(lambda types: self.app.push_screen(NewJobScreen(types), done))
