@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 from typing import Annotated
 
@@ -54,6 +55,27 @@ def load_plugins() -> None:
 
     for name in list(PLUGIN_MODULES):
         importlib.import_module(name)
+
+
+FAMILY = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def check_selectors(selectors: tuple[str, ...]) -> None:
+    """--types: families (`email`) and exact types (`file:virus-scan`), nothing else."""
+    from haosq.errors import InvalidJob
+    from haosq.queue import validate_type
+
+    for selector in selectors:
+        if ":" in selector:
+            try:
+                validate_type(selector)
+            except InvalidJob as exc:
+                raise ConfigError(f"--types: {exc}") from None
+        elif not FAMILY.match(selector):
+            raise ConfigError(
+                f"--types: {selector!r} is neither a family (lowercase letters, digits, '-', '_', "
+                "'.') nor a family:action type"
+            )
 
 
 def worker_settings(
@@ -114,6 +136,7 @@ def worker(
         poll_interval=poll_interval, heartbeat_interval=heartbeat_interval,
         shutdown_timeout=shutdown_timeout, no_listen=no_listen, log_level=log_level,
     )
+    check_selectors(settings["worker.types"])
     setup_logging(settings["log_level"])
     load_handlers(list(imports or []))
     load_plugins()

@@ -186,3 +186,13 @@ def test_worker_id_clash_is_a_clear_error(
         assert "Traceback" not in output
     finally:
         clash.close()
+
+
+def test_bad_types_selector_is_a_clear_error(cli_env: dict[str, str], tmp_path: Path) -> None:
+    bad = WorkerProcess(cli_env, tmp_path / "bad.log", "--types", "Email!")
+    try:
+        assert bad.wait(timeout=15) == 2
+        assert "--types: 'Email!' is neither a family" in bad.output()
+        assert "Traceback" not in bad.output()
+    finally:
+        bad.close()
