@@ -331,3 +331,25 @@ async def test_command_palette_lists_actions_and_respects_read_only(make_app, fi
         titles = {command.title for command in read_only.get_system_commands(read_only.screen)}
         assert "Filter" in titles
         assert not titles & {"Retry", "Cancel", "Retry all", "Cancel all", "New"}
+
+
+async def test_sort_orders(make_app, fixed_data) -> None:
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_jobs(pilot)
+        newest = list(screen.order)
+        assert newest == sorted(newest, reverse=True)
+        await pilot.press("s")
+        await settle(pilot)
+        assert screen.order == sorted(newest)
+        await pilot.press("s")
+        await settle(pilot)
+        assert screen.order[0] == fixed_data["pending"]  # the only job with priority 5
+        await pilot.press("s")
+        await settle(pilot)
+        assert screen.order[0] == fixed_data["processing"]
+        assert "by status" in str(screen.query_one("#jobs-status", Static).render())
+        for _ in range(3):
+            await pilot.press("s")
+            await settle(pilot)
+        assert screen.order == newest

@@ -24,6 +24,17 @@ LIVE_ROWS = 1000
 FIXED_WIDTH = 1 + 7 + 16 + 10 + 3 + 4 + 14 + 8 * 2 + 4
 
 
+# `s` cycles through these orders: the first two page through the whole table by id (keyset);
+# the others sort the rows loaded so far.
+ORDERS: tuple[tuple[str, str], ...] = (
+    ("newest", "newest first"), ("oldest", "oldest first"), ("priority", "by priority (loaded rows)"),
+    ("status", "by status (loaded rows)"), ("type", "by type (loaded rows)"),
+    ("attempts", "by attempts (loaded rows)"),
+)
+STATUS_ORDER = {s: i for i, s in enumerate(
+    ("processing", "pending", "scheduled", "failed", "cancelled", "completed"))}
+
+
 def job_status(job: Job, now: datetime) -> str:
     return "scheduled" if job.is_scheduled(now) else str(job.status)
 
@@ -48,6 +59,7 @@ class JobsScreen(HaosqScreen):
         super().__init__()
         self.job_filter = JobFilter()
         self.oldest_first = False
+        self.order_name = "newest"
         self.jobs: dict[int, Job] = {}
         self.order: list[int] = []
         self.selected: set[int] = set()
@@ -120,6 +132,7 @@ class JobsScreen(HaosqScreen):
         table.clear()
         self.jobs, self.order = {}, []
         self._append(jobs)
+        self._apply_order()
         if keep is not None and keep in self.jobs:
             table.move_cursor(row=self.order.index(keep), animate=False)
         self._show_status()
@@ -159,6 +172,7 @@ class JobsScreen(HaosqScreen):
             self.loading_more = False
             self.exhausted = len(jobs) < PAGE
             self._append(jobs)
+            self._apply_order()
             self._show_status()
 
         self.load(lambda: self.haosq.source.jobs(job_filter, after_id=last, limit=PAGE,
@@ -176,8 +190,7 @@ class JobsScreen(HaosqScreen):
 
     def _show_status(self, *, paused: bool = False) -> None:
         loaded = f"{len(self.order):,}{'' if self.exhausted else '+'} jobs"
-        parts = [describe_filter(self.job_filter), loaded,
-                 "oldest first" if self.oldest_first else "newest first"]
+        parts = [describe_filter(self.job_filter), loaded, dict(ORDERS)[self.order_name]]
         if self.selected:
             parts.append(f"{len(self.selected)} selected")
         if paused:
@@ -207,8 +220,49 @@ class JobsScreen(HaosqScreen):
         self.refresh_data()
 
     def action_sort(self) -> None:
-        self.oldest_first = not self.oldest_first
-        self._reset()
+        names = [name for name, _ in ORDERS]
+        self.order_name = names[(names.index(self.order_name) + 1) % len(names)]
+        if self.order_name in ("newest", "oldest"):
+            self.oldest_first = self.order_name == "oldest"
+            self._reset()
+            return
+        self._apply_order()
+        self._show_status()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        """A click on a column header sorts by it (the id column flips newest / oldest)."""
+        column = str(event.column_key.value)
+        if column == "id":
+            self.order_name = "oldest" if self.order_name == "newest" else "newest"
+            self.oldest_first = self.order_name == "oldest"
+            self._reset()
+        elif column in dict(ORDERS):
+            self.order_name = column
+            self._apply_order()
+            self._show_status()
+
+    def _apply_order(self) -> None:
+        """Sort the loaded rows for the orders that are not keyset orders."""
+        name = self.order_name
+        if name in ("newest", "oldest") or not self.order:
+            return
+        now = self.haosq.clock.now()
+
+        def sort_key(job: Job) -> tuple[object, ...]:
+            newest = -job.id
+            if name == "priority":
+                return (-job.priority, newest)
+            if name == "status":
+                return (STATUS_ORDER.get(job_status(job, now), 9), newest)
+            if name == "type":
+                return (job.type, newest)
+            return (-job.attempts, newest)
+
+        keep = self._cursor_id()
+        self.table.sort("id", key=lambda cell: sort_key(self.jobs[int(str(cell))]))
+        self.order = [int(str(row.key.value)) for row in self.table.ordered_rows]
+        if keep is not None:
+            self.table.move_cursor(row=self.order.index(keep), animate=False)
 
     def _reset(self) -> None:
         self.table.clear()
