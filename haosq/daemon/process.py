@@ -6,7 +6,8 @@ The child is started with the `spawn` method (a fresh interpreter: forking a pro
 runs threads and holds database connections is unsafe). It imports the handler's module,
 builds its own `JobContext` (payload, attempt, settings, a logger whose lines travel back to
 the worker, a `cancelled` event and a database handle of its own) and reports one result or
-one error through a pipe. A child that dies without reporting (`os._exit`, the OOM killer)
+one error through a pipe, with the follow-up jobs the handler asked for. A child that
+dies without reporting (`os._exit`, the OOM killer)
 fails the attempt; the worker carries on.
 """
 
@@ -26,7 +27,7 @@ from haosq.config import Settings
 from haosq.daemon.execution import ChildDied, JobTimedOut, NotJsonResult, Running, encode_result
 from haosq.db.connection import Database
 from haosq.errors import PermanentError, Retry
-from haosq.handlers.registry import REGISTRY, JobContext, JobLogger
+from haosq.handlers.registry import REGISTRY, FollowUp, JobContext, JobLogger
 from haosq.models import Job
 
 _SPAWN = multiprocessing.get_context("spawn")
@@ -77,7 +78,10 @@ def _child_main(task: ChildTask, pipe: Connection) -> None:
             database=database,
         )
         value = spec.call(task.job.payload, context)
-        pipe.send(("result", encode_result(value)))
+        # Follow-up jobs travel back with the result: the worker enqueues them in the
+        # transaction that records this job's completion.
+        followups = [(f.type, f.payload, f.options) for f in context.followups]
+        pipe.send(("result", encode_result(value), followups))
     except BaseException as exc:
         after = exc.after if isinstance(exc, Retry) else None
         if after is not None and not isinstance(after, int | float):
@@ -126,6 +130,8 @@ def run_in_process(running: Running, log_line: Any, database_url: str | None) ->
                     log_line(*message[1:])
                     continue
                 child.join()
+                if message[0] == "result":
+                    running.context.followups.extend(FollowUp(*f) for f in message[2])
                 return _reply(message)
             if not child.is_alive() and not receive.poll(0):
                 child.join()

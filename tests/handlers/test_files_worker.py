@@ -89,8 +89,6 @@ def test_upload_thumbnails_and_scan_run_in_children_of_a_real_worker(
     assert row["result"]["status"] == "clean"
 
 
-@pytest.mark.xfail(reason="the process executor does not yet carry ctx.enqueue_on_success follow-ups "
-                          "back from the child (haosq/daemon/process.py)", strict=False)
 def test_upload_followups_are_enqueued_when_the_upload_completes(
         queue: JobQueue, conn, file_worker, file_area):
     photo = make_image(file_area.root / "photo.jpg", (200, 100))
