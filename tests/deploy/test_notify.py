@@ -87,3 +87,15 @@ def test_status_follows_live_counts_between_heartbeats(notify_socket):
     fields = notify_socket.wait_for(lambda f: f == "STOPPING=1")
     assert "WATCHDOG=1" not in fields  # only heartbeats feed the watchdog
     notifier.close()
+
+
+def test_draining_on_shutdown_still_feeds_the_watchdog(notify_socket, caplog):
+    clock = FrozenClock(datetime(2026, 1, 1, tzinfo=UTC))
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(notify_socket.path)})
+    observer = NotifyObserver(notifier, loop_stale_after=30, clock=clock)
+    draining = snapshot(loop_alive_at=clock.now() - timedelta(seconds=60), stopping=True, busy=2)
+    observer.on_heartbeat(draining)
+    fields = notify_socket.wait_for(lambda f: f == "WATCHDOG=1")
+    assert any(f.startswith("STATUS=stopping: 2/16 busy") for f in fields)
+    assert "silent" not in caplog.text
+    notifier.close()
