@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=DEFAULT_PROCESSES)
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     parser.add_argument("--only", choices=["empty", "finished", "pending"])
+    parser.add_argument("--finished-sizes", help="comma-separated history sizes instead of "
+                        "1M and 10M up to --scale-max (e.g. 10000000 alone)")
     args = parser.parse_args()
     with scratch_database(migrated=False) as url:
         info = machine(url)
@@ -190,6 +192,8 @@ def main() -> None:
         sizes.append(args.scale_max)
     if args.only in (None, "empty"):
         scenario("empty", 0, 0, args, info)
+    if args.finished_sizes:
+        sizes = [int(n) for n in args.finished_sizes.split(",")]
     if args.only in (None, "finished"):
         for size in sorted(set(sizes)):
             label = f"{size // 1_000_000}M" if size % 1_000_000 == 0 else str(size)
