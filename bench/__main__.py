@@ -42,7 +42,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
         }
     return {
         "enqueue": ["bench.enqueue", "--runs", runs],
-        "drain": ["bench.drain"],
+        "drain": ["bench.drain", "--configs", "1x32,2x50,4x50"],
         "peers": ["bench.peers.sweep", "--runs", runs],
         "scale": ["bench.scale", "--scale-max", str(args.scale_max), "--runs", runs],
         "soak": ["bench.soak", "--minutes", str(args.soak or 30), "--held-xmin"],
