@@ -237,6 +237,33 @@ class PostgresSource:
             )
         return [Job.from_row(r) for r in rows]
 
+    def estimate(self, job_filter: job_sql.JobFilter) -> int | None:
+        """How many jobs match, from the counters (never a count over history); None when the
+        filter has parts the counters do not know (tag, text, dates)."""
+        if job_filter.tag or job_filter.search or job_filter.created_after or job_filter.created_before:
+            return None
+        now = self.clock.now()
+        with self._conn() as conn:
+            counts = stats_sql.counts_by_type(conn)
+            scheduled = (int(dashboard_sql.pending_times(conn, now)["scheduled"] or 0)
+                         if job_filter.status in ("pending", "scheduled") and not job_filter.type
+                         else None)
+        wanted = job_filter.type
+        total = 0
+        for row in counts:
+            kind = row["type"]
+            if wanted and kind != wanted and not kind.startswith(f"{wanted}:"):
+                continue
+            status = row["status"]
+            if job_filter.status in (None, status) or (
+                    job_filter.status == "scheduled" and status == "pending"):
+                total += int(row["n"])
+        if job_filter.status == "scheduled":
+            return scheduled
+        if job_filter.status == "pending":
+            return None if scheduled is None else max(total - scheduled, 0)
+        return total
+
     def job(self, job_id: int) -> Job:
         return self.queue.get(job_id)
 

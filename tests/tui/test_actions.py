@@ -353,3 +353,23 @@ async def test_sort_orders(make_app, fixed_data) -> None:
             await pilot.press("s")
             await settle(pilot)
         assert screen.order == newest
+
+
+def test_estimates_come_from_the_counters(make_app, fixed_data, conn) -> None:
+    from haosq.db.queries.jobs import JobFilter
+
+    source = make_app().source
+    try:
+        for job_filter in (JobFilter(), JobFilter(status="failed"), JobFilter(type="email"),
+                           JobFilter(type="files:thumbnail", status="completed")):
+            where, params = job_filter.where()
+            exact = conn.execute(f"SELECT count(*) AS n FROM haosq.jobs WHERE {where.as_string(conn)}",
+                                 params).fetchone()["n"]
+            assert source.estimate(job_filter) == exact, job_filter
+        # Scheduled versus pending is decided on the app's (frozen) clock: one job is due
+        # tomorrow, two are waiting.
+        assert source.estimate(JobFilter(status="scheduled")) == 1
+        assert source.estimate(JobFilter(status="pending")) == 2
+        assert source.estimate(JobFilter(tag="images")) is None
+    finally:
+        source.close()

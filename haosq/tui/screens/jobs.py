@@ -60,6 +60,7 @@ class JobsScreen(HaosqScreen):
         self.job_filter = JobFilter()
         self.oldest_first = False
         self.order_name = "newest"
+        self.total: int | None = None
         self.jobs: dict[int, Job] = {}
         self.order: list[int] = []
         self.selected: set[int] = set()
@@ -113,10 +114,17 @@ class JobsScreen(HaosqScreen):
             return
         limit = max(PAGE, min(len(self.order), LIVE_ROWS))
         job_filter, oldest_first = self.job_filter, self.oldest_first
-        self.load(
-            lambda: self.haosq.source.jobs(job_filter, limit=limit, oldest_first=oldest_first),
-            lambda jobs: self._replace(jobs, limit),
-        )
+        source = self.haosq.source
+
+        def fetch() -> tuple[list[Job], int | None]:
+            return (source.jobs(job_filter, limit=limit, oldest_first=oldest_first),
+                    source.estimate(job_filter))
+
+        def apply(result: tuple[list[Job], int | None]) -> None:
+            self.total = result[1]
+            self._replace(result[0], limit)
+
+        self.load(fetch, apply)
 
     def _replace(self, jobs: list[Job], limit: int) -> None:
         """Show a fresh first stretch of the table, keeping the cursor on the same job."""
@@ -189,7 +197,9 @@ class JobsScreen(HaosqScreen):
             self._load_more()
 
     def _show_status(self, *, paused: bool = False) -> None:
-        loaded = f"{len(self.order):,}{'' if self.exhausted else '+'} jobs"
+        loaded = f"{len(self.order):,}{'' if self.exhausted else '+'} jobs loaded"
+        if self.total is not None and not self.exhausted:
+            loaded += f" of {self.total:,}"
         parts = [describe_filter(self.job_filter), loaded, dict(ORDERS)[self.order_name]]
         if self.selected:
             parts.append(f"{len(self.selected)} selected")
