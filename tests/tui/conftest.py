@@ -32,7 +32,7 @@ Traceback (most recent call last):
 smtplib.SMTPRecipientsRefused: {'nobody@example.com': (550, b'mailbox unavailable')}"""
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def utc_local_time() -> Iterator[None]:
     """Local time is shown on screen: pin it, so snapshots match on any machine."""
     old = os.environ.get("TZ")

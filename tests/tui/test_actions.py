@@ -208,28 +208,31 @@ async def test_cleanup_dead_workers(make_app, fixed_data, conn) -> None:
 
 async def test_read_only_hides_actions_and_changes_nothing(make_app, fixed_data, conn, database_url,
                                                            make_settings) -> None:
-    role = "haosq_tui_reader"
-    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-    if not exists:
-        conn.execute(f"CREATE ROLE {role} LOGIN")
-    conn.execute(f"GRANT USAGE ON SCHEMA haosq TO {role}")
-    conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA haosq TO {role}")
-    reader_url = psycopg.conninfo.make_conninfo(database_url, user=role)
-    app = make_app(read_only=True, app_settings=make_settings(HAOSQ_DATABASE_URL=reader_url))
-    async with app.run_test(size=(120, 40)) as pilot:
-        screen = await open_jobs(pilot)
-        assert app.db_error is None
-        assert fixed_data["failed"] in screen.order
-        cursor_to(screen, fixed_data["failed"])
-        await pilot.press("r", "R", "n", "c")
-        await settle(pilot)
-        assert isinstance(app.screen, JobsScreen)
-        shown = {b.binding.action for b in app.screen.active_bindings.values() if b.enabled}
-        assert not shown & {"retry", "cancel", "bulk_retry", "bulk_cancel", "new_job"}
-    assert status_of(conn, fixed_data["failed"]) == "failed"
-    conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA haosq FROM {role}")
-    conn.execute(f"REVOKE USAGE ON SCHEMA haosq FROM {role}")
+    import uuid
 
+    from psycopg import sql
+
+    role = f"haosq_tui_reader_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA haosq TO {}").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA haosq TO {}").format(sql.Identifier(role)))
+    reader_url = psycopg.conninfo.make_conninfo(database_url, user=role)
+    try:
+        app = make_app(read_only=True, app_settings=make_settings(HAOSQ_DATABASE_URL=reader_url))
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_jobs(pilot)
+            assert app.db_error is None
+            assert fixed_data["failed"] in screen.order
+            cursor_to(screen, fixed_data["failed"])
+            await pilot.press("r", "R", "n", "c")
+            await settle(pilot)
+            assert isinstance(app.screen, JobsScreen)
+            shown = {b.binding.action for b in app.screen.active_bindings.values() if b.enabled}
+            assert not shown & {"retry", "cancel", "bulk_retry", "bulk_cancel", "new_job"}
+        assert status_of(conn, fixed_data["failed"]) == "failed"
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 def schedule_state(conn: psycopg.Connection, name: str) -> dict[str, Any]:
     return conn.execute("SELECT enabled, last_job_id FROM haosq.schedules WHERE name = %s",
