@@ -23,20 +23,13 @@ from haosq.durations import format_duration
 from haosq.errors import InvalidJob
 from haosq.models import Job, JobStatus
 from haosq.secrets import mask_job_fields, mask_text, mask_value
+from haosq.tui.format import STATUS_STYLE  # one palette for the CLI and the TUI
 
 jobs_app = typer.Typer(help="List, inspect, retry and cancel jobs.", no_args_is_help=True)
 workers_app = typer.Typer(help="List workers and clean up dead ones.", no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
-STATUS_STYLE = {
-    "pending": "cyan",
-    "scheduled": "blue",
-    "processing": "yellow",
-    "completed": "green",
-    "failed": "red",
-    "cancelled": "dim",
-}
 
 
 def read_payload(source: str | None) -> dict[str, Any]:

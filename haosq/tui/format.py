@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +10,7 @@ from rich.json import JSON
 from rich.text import Text
 
 from haosq.durations import format_duration
+from haosq.secrets import mask_value
 
 STATUS_STYLE = {
     "pending": "cyan",
@@ -21,10 +21,6 @@ STATUS_STYLE = {
     "cancelled": "bright_black",
 }
 LEVEL_STYLE = {"debug": "bright_black", "info": "", "warn": "yellow", "error": "bold red"}
-MASK = "••••••"
-# Key names that usually hold a credential: their values never reach the screen.
-_SECRET_KEY = re.compile(r"password|passwd|token|authori[sz]ation|secret|key|credential|cookie",
-                         re.IGNORECASE)
 
 
 def local_time(value: datetime | None, *, with_date: bool = True, seconds: bool = True) -> str:
@@ -55,18 +51,8 @@ def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
-def mask_secrets(value: Any) -> Any:
-    """A copy of a JSON value with the values of secret-looking keys masked, at any depth."""
-    if isinstance(value, dict):
-        return {k: (MASK if _SECRET_KEY.search(str(k)) and v is not None else mask_secrets(v))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v) for v in value]
-    return value
-
-
 def json_view(value: Any, *, mask: bool = True) -> JSON | Text:
     if value is None:
         return Text("-", style="dim")
-    shown = mask_secrets(value) if mask else value
+    shown = mask_value(value) if mask else value
     return JSON(json.dumps(shown, ensure_ascii=False, default=str), indent=2, sort_keys=True)

@@ -15,6 +15,7 @@ from textual.widgets import Footer, Header, RichLog, Static
 
 from haosq.durations import format_duration
 from haosq.models import Job, JobLog, JobStatus
+from haosq.secrets import mask_text, mask_value
 from haosq.tui.format import LEVEL_STYLE, STATUS_STYLE, age, json_view, local_time
 from haosq.tui.screens.base import HaosqScreen
 from haosq.tui.screens.confirm import ConfirmScreen
@@ -39,7 +40,7 @@ def attempt_history(job: Job, logs: list[JobLog]) -> Table:
                                  key=lambda e: e.attempt):
         entries = list(group)
         last_error = next((e for e in reversed(entries) if e.level == "error"), None)
-        outcome = (Text(last_error.message.splitlines()[0], style="red") if last_error
+        outcome = (Text(mask_text(last_error.message).splitlines()[0], style="red") if last_error
                    else Text("running", style="yellow")
                    if number == job.attempts and job.status is JobStatus.PROCESSING
                    else Text("ok", style="green")
@@ -116,7 +117,7 @@ class JobDetailScreen(HaosqScreen):
         self.query_one("#detail-payload", Static).update(json_view(job.payload))
         self.query_one("#detail-result", Static).update(json_view(job.result))
         error = self.query_one("#detail-error", Static)
-        error.update(Text(job.error, style="red") if job.error else Text("none", style="dim"))
+        error.update(Text(mask_text(job.error), style="red") if job.error else Text("none", style="dim"))
         error.set_class(bool(job.error), "-has-error")
         self.query_one("#detail-attempts", Static).update(attempt_history(job, self.logs))
         log = self.query_one("#detail-logs", RichLog)
@@ -161,10 +162,11 @@ class JobDetailScreen(HaosqScreen):
             (local_time(entry.created_at, with_date=False), "dim"), " ",
             (f"{entry.level:<5}", LEVEL_STYLE.get(entry.level, "")), " ",
             (f"[{entry.attempt}] " if entry.attempt is not None else "", "dim"),
-            entry.message,
+            mask_text(entry.message),
         )
         if entry.metadata:
-            line.append(" " + " ".join(f"{k}={v}" for k, v in entry.metadata.items()), style="dim")
+            shown = mask_value(entry.metadata)
+            line.append(" " + " ".join(f"{k}={v}" for k, v in shown.items()), style="dim")
         return line
 
     # -- actions -----------------------------------------------------------------------
