@@ -7,7 +7,6 @@ partial index on pending jobs.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -25,31 +24,6 @@ SELECT (SELECT count(*) FROM haosq.jobs WHERE status = 'pending' AND due_at > no
                                     WHERE status = 'pending' AND due_at <= now())) AS oldest_age
 """
 
-# Recent activity: completions and failures per minute and durations per type, over a
-# window read through the completed_at index (never the whole history).
-RECENT_THROUGHPUT = """
-SELECT date_trunc('minute', completed_at) AS minute,
-       count(*) FILTER (WHERE status = 'completed') AS completed,
-       count(*) FILTER (WHERE status = 'failed') AS failed
-  FROM haosq.jobs
- WHERE completed_at >= now() - %(window)s
- GROUP BY 1 ORDER BY 1
-"""
-
-RECENT_BY_TYPE = """
-SELECT type,
-       count(*) FILTER (WHERE status = 'completed') AS completed,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       avg(extract(epoch FROM completed_at - started_at))
-           FILTER (WHERE status = 'completed') AS mean_seconds,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at))
-           FILTER (WHERE status = 'completed') AS p95_seconds
-  FROM haosq.jobs
- WHERE completed_at >= now() - %(window)s AND started_at IS NOT NULL
- GROUP BY type ORDER BY type
-"""
-
-
 def counts_by_type(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     return conn.execute(COUNTS_BY_TYPE).fetchall()
 
@@ -62,11 +36,3 @@ def pending_times(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 
 def compact_counts(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SELECT haosq.compact_job_counts()")
-
-
-def recent_throughput(conn: psycopg.Connection[Any], window: timedelta) -> list[dict[str, Any]]:
-    return conn.execute(RECENT_THROUGHPUT, {"window": window}).fetchall()
-
-
-def recent_by_type(conn: psycopg.Connection[Any], window: timedelta) -> list[dict[str, Any]]:
-    return conn.execute(RECENT_BY_TYPE, {"window": window}).fetchall()
