@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
 from haosq.errors import ConfigError
+from haosq.secrets import mask_url
 
 SYSTEM_CONFIG = Path("/etc/haosq/haosq.toml")
 
@@ -111,21 +111,6 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 _BY_KEY = {option.key: option for option in OPTIONS}
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def default_data_dir() -> Path:

@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 
 from haosq.cli.common import console, print_json, state
-from haosq.config import mask_url
 from haosq.db.connection import connect, embedded_status, resolve_url, stop_embedded
 from haosq.db.migrate import migrate as apply_migrations
 from haosq.db.migrate import pending_migrations
+from haosq.secrets import mask_url
 
 db_app = typer.Typer(help="The embedded PostgreSQL server (used when no DATABASE_URL is set).",
                      no_args_is_help=True)

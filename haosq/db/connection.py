@@ -21,8 +21,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from haosq.config import Settings, mask_url
+from haosq.config import Settings
 from haosq.errors import ConfigError, DatabaseUnavailable
+from haosq.secrets import mask_url
 
 EMBEDDED_DATABASE = "haosq"
 CONNECT_TIMEOUT_SECONDS = 5

@@ -20,11 +20,11 @@ from email.message import EmailMessage
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from haosq.config import mask_url
 from haosq.errors import ConfigError, PermanentError
 from haosq.handlers.handler_config import handler_config, positive_number
 from haosq.handlers.payloads import check_address
 from haosq.handlers.registry import JobContext
+from haosq.secrets import mask_url
 
 SMTP_ENV = {
     "url": "HAOSQ_SMTP_URL",
