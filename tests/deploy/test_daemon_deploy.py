@@ -3,7 +3,6 @@ the metrics port scraped while it drains jobs, /healthz failing when its databas
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.deploy.helpers import NotifySocket, ThrowawayServer
+from tests.deploy.helpers import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,15 +120,8 @@ def test_daemon_speaks_sd_notify_and_serves_metrics(cli_env, notify_socket, queu
     assert "STOPPING=1" in notify_socket.fields()
 
 
-@pytest.fixture
-def throwaway_database(make_settings, tmp_path):
-    server = ThrowawayServer(make_settings(HAOSQ_DATA_DIR=str(tmp_path / "pg")))
-    yield server.url, server.stop
-    server.stop()
-
-
-def test_healthz_fails_when_the_database_stops(cli_env, throwaway_database, tmp_path, notify_socket):
-    url, stop_database = throwaway_database
+def test_healthz_fails_when_the_database_stops(cli_env, throwaway_server, tmp_path, notify_socket):
+    url, stop_database = throwaway_server.url, throwaway_server.stop
     port = free_port()
     env = {**cli_env, "HAOSQ_DATABASE_URL": url, "NOTIFY_SOCKET": str(notify_socket.path)}
     daemon = Daemon(env, tmp_path / "worker.log", "--types", "demo", "--heartbeat-interval", "200",
@@ -151,7 +143,7 @@ def test_healthz_fails_when_the_database_stops(cli_env, throwaway_database, tmp_
         daemon.proc.wait(10)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=2).close()
-    assert os.path.exists(tmp_path / "pg")
+    assert (throwaway_server.data_dir / "pg" / "PG_VERSION").exists()  # stopped, not destroyed
 
 
 def test_daemon_in_the_units_environment(cli_env, notify_socket, queue, tmp_path, conn):

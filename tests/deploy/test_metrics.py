@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from haosq.clock import FrozenClock
 from haosq.daemon.metrics import MetricsServer
-from tests.deploy.helpers import ThrowawayServer, job, snapshot
+from tests.deploy.helpers import job, snapshot
 
 
 def get(url: str) -> tuple[int, str]:
@@ -114,15 +114,8 @@ def test_healthz_states(database_url):
         server.stop(5)
 
 
-@pytest.fixture
-def throwaway_server(make_settings, tmp_path):
-    server = ThrowawayServer(make_settings(HAOSQ_DATA_DIR=str(tmp_path / "pg")))
-    yield server.url, server.stop
-    server.stop()
-
-
 def test_healthz_goes_unhealthy_when_the_database_stops(throwaway_server):
-    url, stop = throwaway_server
+    url, stop = throwaway_server.url, throwaway_server.stop
     server = MetricsServer(url, port=0, host="127.0.0.1")
     server.start()
     health = f"http://127.0.0.1:{server.port}/healthz"

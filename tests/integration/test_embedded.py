@@ -11,15 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import embedded_data_dir
+
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
 
 def test_embedded_server_is_started_shared_and_stopped(tmp_path):
+    data = embedded_data_dir()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("HAOSQ_", "JOB_QUEUE_")) and k not in ("DATABASE_URL", "XDG_RUNTIME_DIR")}
     empty = tmp_path / "none.toml"
     empty.write_text("")
-    env.update(HAOSQ_DATA_DIR=str(tmp_path / "data"), HAOSQ_CONFIG=str(empty))
+    env.update(HAOSQ_DATA_DIR=str(data), HAOSQ_CONFIG=str(empty))
 
     def haosq(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "haosq", *args], env=env,
@@ -43,6 +46,7 @@ def test_embedded_server_is_started_shared_and_stopped(tmp_path):
     again = haosq("jobs", "list", "--json")
     assert '"type": "demo:echo"' in again.stdout
     haosq("db", "stop")
+    shutil.rmtree(data, ignore_errors=True)
 
 
 def _traversable_by_others(path: Path) -> bool:
@@ -93,3 +97,14 @@ def test_embedded_server_as_an_ordinary_user_without_runtime_dir():
     finally:
         assert haosq("db", "stop").stdout.strip() == "embedded server stopped"
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_long_lived_process_restarts_a_server_stopped_under_it(throwaway_server):
+    import psycopg
+
+    throwaway_server.stop()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(throwaway_server.url, connect_timeout=2).close()
+    throwaway_server.start()  # same process: the wheel's cached handle must not fool it
+    with psycopg.connect(throwaway_server.url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
