@@ -8,7 +8,8 @@ hear about the worker's life without being able to change it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -106,3 +107,18 @@ def register_observer(factory: ObserverFactory) -> ObserverFactory:
     """Add an observer factory to every `haosq worker` (usable as a decorator)."""
     DEFAULT_OBSERVER_FACTORIES.append(factory)
     return factory
+
+
+_log = logging.getLogger("haosq.daemon")
+
+
+def notify_observers(observers: Iterable[object], event: str, *args: object) -> None:
+    """Call `event` on every observer that has it; one that raises is logged and ignored."""
+    for observer in observers:
+        method = getattr(observer, event, None)
+        if method is None:
+            continue
+        try:
+            method(*args)
+        except Exception:
+            _log.exception("observer %s.%s raised; ignored", type(observer).__name__, event)

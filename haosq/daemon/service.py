@@ -43,6 +43,7 @@ from haosq.daemon.duty import (
     ObserverFactory,
     WorkerObserver,
     WorkerSnapshot,
+    notify_observers,
 )
 from haosq.daemon.execution import RetryPolicy
 from haosq.daemon.listener import Listener
@@ -318,14 +319,7 @@ class WorkerService:
                     "to apply new settings")
 
     def _notify(self, event: str, *args: Any) -> None:
-        for observer in self.observers:
-            method = getattr(observer, event, None)
-            if method is None:
-                continue
-            try:
-                method(*args)
-            except Exception:
-                log.exception("observer %s.%s raised; ignored", type(observer).__name__, event)
+        notify_observers(self.observers, event, *args)
 
     def _database_error(self, exc: BaseException) -> None:
         self._notify("on_database_error", exc)

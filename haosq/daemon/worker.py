@@ -46,6 +46,7 @@ import psycopg
 
 from haosq.clock import Clock, SystemClock
 from haosq.config import Settings
+from haosq.daemon.duty import notify_observers
 from haosq.daemon.execution import (
     JobTimedOut,
     Outcome,
@@ -553,14 +554,7 @@ class JobWorker:
             log.exception("hook %s raised; ignored", getattr(hook, "__name__", hook))
 
     def _notify(self, event: str, *args: Any) -> None:
-        for observer in self.observers:
-            method = getattr(observer, event, None)
-            if method is None:
-                continue
-            try:
-                method(*args)
-            except Exception:
-                log.exception("observer %s.%s raised; ignored", type(observer).__name__, event)
+        notify_observers(self.observers, event, *args)
 
     def _database_error(self, exc: BaseException, where: str) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
