@@ -202,7 +202,13 @@ def ack_jobs(conn: psycopg.Connection[Any], token: str, acks: Sequence[Ack]) -> 
     """Record the outcome of many attempts in one statement; returns the ids accepted."""
     if not acks:
         return set()
-    rows = conn.execute(ACK, {
+    rows = conn.execute(ACK, ack_params(token, acks)).fetchall()
+    return {_first(r) for r in rows}
+
+
+def ack_params(token: str, acks: Sequence[Ack]) -> dict[str, Any]:
+    """The ACK statement's parameters: one array per column, unnested server-side."""
+    return {
         "token": token,
         "ids": [a.job_id for a in acks],
         "attempts": [a.attempt for a in acks],
@@ -210,8 +216,7 @@ def ack_jobs(conn: psycopg.Connection[Any], token: str, acks: Sequence[Ack]) -> 
         "results": [_raw_json(a.result_json) for a in acks],
         "errors": [a.error for a in acks],
         "due": [a.due_at for a in acks],
-    }).fetchall()
-    return {_first(r) for r in rows}
+    }
 
 
 def _first(row: Any) -> Any:
@@ -395,15 +400,7 @@ def ack_and_claim(
         if before is not None:
             before(conn)
         if acks:
-            ack_cursor.execute(ACK, {
-                "token": token,
-                "ids": [a.job_id for a in acks],
-                "attempts": [a.attempt for a in acks],
-                "statuses": [a.status for a in acks],
-                "results": [_raw_json(a.result_json) for a in acks],
-                "errors": [a.error for a in acks],
-                "due": [a.due_at for a in acks],
-            })
+            ack_cursor.execute(ACK, ack_params(token, acks))
         if limit:
             claim_cursor.execute(claim_query(type_filter), claim_params(
                 type_filter, limit, worker_id=worker_id, pid=pid, token=token, now=now))
