@@ -45,9 +45,7 @@ class DashboardScreen(HaosqScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
-        table = self.query_one("#types-table", DataTable)
-        for label in TYPE_COLUMNS:
-            table.add_column(label, key=label)
+        self._show_types()
 
     def refresh_data(self) -> None:
         # Two loads: the counters answer in milliseconds whatever the history; the last hour's
@@ -92,21 +90,28 @@ class DashboardScreen(HaosqScreen):
     def _show_types(self) -> None:
         table = self.query_one("#types-table", DataTable)
         cursor = table.cursor_row
-        table.clear()
+        rows = []
         for row in type_rows(self.counts, self.activity):
             rate = row.success_rate
             rate_style = ("" if rate is None else "green" if rate >= 0.99
                           else "yellow" if rate >= 0.9 else "red")
-            table.add_row(
-                row.type,
-                count(row.counts.get("pending", 0)),
-                count(row.counts.get("processing", 0)),
-                count(row.counts.get("completed", 0)),
+            rows.append((row.type, (
+                Text(row.type),
+                Text(count(row.counts.get("pending", 0))),
+                Text(count(row.counts.get("processing", 0))),
+                Text(count(row.counts.get("completed", 0))),
                 Text(count(row.counts.get("failed", 0)), style="red" if row.counts.get("failed") else ""),
                 Text(percent(rate), style=rate_style),
-                format_duration(row.mean_seconds),
-                format_duration(row.p95_seconds),
-                key=row.type,
-            )
+                Text(format_duration(row.mean_seconds)),
+                Text(format_duration(row.p95_seconds)),
+            )))
+        # Columns get explicit widths from their content: the table is refilled by two loads
+        # that may land in the same frame, and auto widths would then depend on that timing.
+        table.clear(columns=True)
+        for index, label in enumerate(TYPE_COLUMNS):
+            width = max([len(label), *(cells[index].cell_len for _, cells in rows)])
+            table.add_column(label, key=label, width=width)
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1), animate=False)
