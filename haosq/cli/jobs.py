@@ -106,7 +106,10 @@ def add(
     elif delay:
         offset = duration_option(delay, "--in")
         assert offset is not None
-        scheduled_at = queue.clock.now() + offset
+        try:
+            scheduled_at = queue.clock.now() + offset
+        except OverflowError:
+            raise InvalidJob(f"--in {delay}: too far in the future") from None
     job = queue.add(job_type, body, priority=priority, max_attempts=max_attempts,
                     scheduled_at=scheduled_at, tags=tag or (), created_by=created_by,
                     timeout=timeout)

@@ -56,7 +56,7 @@ from haosq.handlers.registry import REGISTRY, Registry
 
 log = logging.getLogger("haosq.worker")
 
-COMPACT_EVERY_SECONDS = 60.0
+COMPACT_EVERY_SECONDS = 5.0
 FIRST_CLAIM_WAIT_SECONDS = 10.0
 
 
@@ -145,6 +145,16 @@ class WorkerService:
     def start(self) -> None:
         """Register and start everything; returns once the worker is claiming."""
         self._register()
+        try:
+            self._start_registered()
+        except BaseException:
+            # A duty that refuses its configuration (say, an invalid [[schedules]] entry) must
+            # not leave this worker registered as active with jobs it claimed meanwhile.
+            self.request_stop(at_once=True)
+            self.stop(timeout=0)
+            raise
+
+    def _start_registered(self) -> None:
         log.info("worker %s started (pid %s, %d thread(s), types: %s, listen: %s)",
                  self.identity.worker_id, self.identity.pid, self.concurrency,
                  ",".join(self.worker.selectors) or "none", self.settings["worker.listen"])

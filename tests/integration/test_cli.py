@@ -139,3 +139,21 @@ def test_payload_file_is_read(cli_env, queue, tmp_path: Path):
     result = run(cli_env, "add", "file:process-upload", "--payload", str(tmp_path / "p.json"))
     assert result.returncode == 0, result.stderr
     assert queue.list()[0].payload == {"fileId": "file_123"}
+
+
+def test_far_future_delay_is_a_user_error(cli_env, queue):
+    for delay in ("99999999999d", "999999999d"):
+        result = run(cli_env, "add", "demo:echo", "--in", delay)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert queue.list() == []
+
+
+def test_worker_refusing_its_configuration_does_not_stay_registered(cli_env, conn, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[[schedules]]\nname = "broken"\ntype = "demo:echo"\ncron = "not a cron"\n')
+    result = run(dict(cli_env, HAOSQ_CONFIG=str(config)), "worker", "--types", "demo")
+    assert result.returncode == 2, result.stderr
+    assert "invalid cron expression" in result.stderr
+    rows = conn.execute("SELECT status FROM haosq.workers").fetchall()
+    assert all(row["status"] == "stopped" for row in rows), rows
