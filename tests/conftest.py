@@ -159,15 +159,21 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
         yield connection
 
 
-@pytest.fixture
-def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    """Environment for running the `haosq` command against the test database."""
-    empty = tmp_path / "cli.toml"
+def haosq_env(database_url: str, tmp: Path) -> dict[str, str]:
+    """This process's environment without haosq settings, pointed at `database_url`, with an
+    empty config file: what a `haosq` subprocess in a test runs with."""
+    empty = tmp / "haosq-subprocess.toml"
     empty.write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HAOSQ_", "JOB_QUEUE_"))}
     env.pop("DATABASE_URL", None)
     env.update({"HAOSQ_DATABASE_URL": database_url, "HAOSQ_CONFIG": str(empty)})
     return env
+
+
+@pytest.fixture
+def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for running the `haosq` command against the test database."""
+    return haosq_env(database_url, tmp_path)
 
 
 def dbname_of(url: str) -> str:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from tests.conftest import haosq_env
+from tests.integration.worker_support import WorkerProcess
+from tests.integration.worker_support import wait_until as shared_wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = "tests.faults.chaos_handlers"
@@ -20,45 +20,22 @@ RESULTS_DIR = ROOT / "bench" / "results"
 
 def wait_until(condition: Callable[[], Any], timeout: float, message: str,
                interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+    return shared_wait_until(condition, timeout, interval=interval, message=message)
 
 
 def worker_env(database_url: str, tmp: Path) -> dict[str, str]:
-    config = tmp / "worker.toml"
-    config.write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HAOSQ_", "JOB_QUEUE_"))}
-    env.pop("DATABASE_URL", None)
-    env.update({"HAOSQ_DATABASE_URL": database_url, "HAOSQ_CONFIG": str(config)})
-    return env
+    return haosq_env(database_url, tmp)
 
 
-class Worker:
-    """One `python -m haosq worker` process; stderr goes to a log file."""
+class Worker(WorkerProcess):
+    """One `python -m haosq worker` process running the chaos handlers; stderr appended to a
+    log file across restarts."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "haosq", "worker", "--import", HANDLERS, *args],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        super().__init__(env, log_path, *args, handlers=HANDLERS, log_mode="a")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def wait_registered(self, url: str, timeout: float = 30.0) -> None:
         """Until this process has registered in haosq.workers (it claims right after)."""
@@ -74,9 +51,6 @@ class Worker:
                 return False
 
         wait_until(registered, timeout, f"worker pid {self.pid} to register", interval=0.1)
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.pid, signum)
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.alive():

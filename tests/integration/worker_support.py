@@ -58,11 +58,12 @@ def create_executions(conn: psycopg.Connection) -> None:
 class WorkerProcess:
     """A real `haosq worker` process (python -m haosq), its stderr kept in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str,
+                 handlers: str = HANDLERS_MODULE, log_mode: str = "w") -> None:
         self.log_path = log_path
-        self._log = log_path.open("w")
+        self._log = log_path.open(log_mode)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "haosq", "worker", "--import", HANDLERS_MODULE, *args],
+            [sys.executable, "-m", "haosq", "worker", "--import", handlers, *args],
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log,
         )
 
@@ -71,7 +72,7 @@ class WorkerProcess:
         return self.proc.pid
 
     def output(self) -> str:
-        return self.log_path.read_text()
+        return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, conn: psycopg.Connection, timeout: float = 15.0) -> None:
         def ready() -> bool:
