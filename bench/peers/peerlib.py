@@ -25,6 +25,18 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
+def pickup_latencies(worker_output: str, committed: dict[str, float]) -> dict[str, float]:
+    """Pickup latency in ms from the worker's "pick INDEX STARTED" lines and each job's
+    enqueue commit time: count, p50, p95, p99."""
+    pickup = []
+    for line in worker_output.splitlines():
+        if line.startswith("pick "):
+            _, index, started = line.split()
+            pickup.append((float(started) - committed[index]) * 1000)
+    return {"n": len(pickup), "p50": percentile(pickup, 0.5),
+            "p95": percentile(pickup, 0.95), "p99": percentile(pickup, 0.99)}
+
+
 def spawn_workers(script: str, args: list[str], count: int) -> list[subprocess.Popen[str]]:
     procs = [
         subprocess.Popen([sys.executable, script, *args], stdin=subprocess.PIPE,

@@ -21,7 +21,7 @@ import asyncpg
 import psycopg
 from peerlib import (
     emit,
-    percentile,
+    pickup_latencies,
     spawn_workers,
     stop_on_stdin_eof,
     timed_drain,
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
     procs = spawn_workers(__file__, worker_args, args.processes)
     drain = timed_drain(procs, depth_probe(args.dsn), args.jobs, args.timeout)
 
-    pickup: list[float] = []
+    pickup = pickup_latencies("", {})
     if args.pickup:
         [proc] = spawn_workers(__file__, [*worker_args, "--report-pickup"], 1)
         assert proc.stdin is not None and proc.stdout is not None
@@ -109,15 +109,11 @@ def run(args: argparse.Namespace) -> None:
 
         committed = asyncio.run(feed())
         out, _ = proc.communicate(timeout=30)  # closes stdin: the worker stops
-        for line in out.splitlines():
-            if line.startswith("pick "):
-                _, index, started = line.split()
-                pickup.append((float(started) - committed[index]) * 1000)
+        pickup = pickup_latencies(out, committed)
     emit({
         "peer": "pgqueuer", "processes": args.processes, "batch": args.batch, "jobs": args.jobs,
         "enqueue_jobs_per_s": enqueue_rate, **drain,
-        "pickup_ms": {"n": len(pickup), "p50": percentile(pickup, 0.5),
-                      "p95": percentile(pickup, 0.95), "p99": percentile(pickup, 0.99)},
+        "pickup_ms": pickup,
     })
 
 
