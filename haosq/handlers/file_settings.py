@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from haosq.errors import PermanentError
+from haosq.handlers.handler_config import with_environment
 
 ENV_NAMES = {
     "roots": "HAOSQ_FILE_ROOTS",
@@ -83,11 +84,7 @@ class FileSettings:
 
     @classmethod
     def load(cls, table: Mapping[str, Any], env: Mapping[str, str] | None = None) -> FileSettings:
-        env = os.environ if env is None else env
-        values = dict(table)
-        for key, name in ENV_NAMES.items():
-            if env.get(name):
-                values[key] = env[name]
+        values = with_environment(table, ENV_NAMES, env)
         known = {f.name for f in fields(cls)} | {"archive_" + f.name for f in fields(ArchiveLimits)} | {
             "clamd_" + f.name for f in fields(ClamdLimits)}
         unknown = sorted(set(values) - known)

@@ -20,13 +20,20 @@ def handler_config(
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The `[handlers.NAME]` table with `env` (key -> variable name) applied on top."""
-    table = ctx.handler_settings(name)
+    return with_environment(ctx.handler_settings(name), env or {}, environ)
+
+
+def with_environment(
+    table: Mapping[str, Any], env: Mapping[str, str], environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A copy of `table` with each set variable of `env` (key -> variable name) on top."""
+    merged = dict(table)
     environ = os.environ if environ is None else environ
-    for key, variable in (env or {}).items():
+    for key, variable in env.items():
         value = environ.get(variable)
         if value not in (None, ""):
-            table[key] = value
-    return table
+            merged[key] = value
+    return merged
 
 
 def positive_number(table: Mapping[str, Any], key: str, default: float | None, where: str) -> float | None:

@@ -3,7 +3,6 @@ HAOSQ_MATRIX_TOKEN and HAOSQ_MATRIX_EXPORT_ROOT winning over the file."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from haosq.db.queries.profiles import ProfileTable
 from haosq.errors import PermanentError
+from haosq.handlers.handler_config import with_environment
 
 ENV_NAMES = {
     "url": "HAOSQ_MATRIX_URL",
@@ -36,11 +36,7 @@ class MatrixSettings:
 
     @classmethod
     def load(cls, table: Mapping[str, Any], env: Mapping[str, str] | None = None) -> MatrixSettings:
-        env = os.environ if env is None else env
-        values = dict(table)
-        for key, name in ENV_NAMES.items():
-            if env.get(name):
-                values[key] = env[name]
+        values = with_environment(table, ENV_NAMES, env)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
