@@ -19,7 +19,8 @@ from haosq.config import Settings
 from haosq.daemon.execution import RetryPolicy, backoff_delay
 from haosq.daemon.service import WorkerService
 from haosq.daemon.worker import JobWorker
-from haosq.db.queries.claims import TypeFilter, explain_claim
+from haosq.db.queries import claims
+from haosq.db.queries.claims import Ack, TypeFilter, explain_ack, explain_claim
 from haosq.db.queries.jobs import database_now
 from haosq.errors import WorkerIdInUse
 from haosq.queue import JobQueue
@@ -66,6 +67,21 @@ def test_claim_plan_uses_the_partial_claim_index(queue: JobQueue, conn: psycopg.
             plan = explain_claim(conn, type_filter, 10)
             assert "Index Scan using jobs_claim" in plan, plan
             assert "Seq Scan" not in plan and "Bitmap" not in plan and "Sort" not in plan, plan
+
+
+def test_ack_plan_joins_the_batch_in_one_pass(queue: JobQueue, conn: psycopg.Connection) -> None:
+    # Statistics taken while every job was pending say "nothing is processing": the plan
+    # must still find the rows by id and join them to the batch in one pass, not rescan the
+    # batch for every row it finds (batch² work).
+    queue.add_many([{"type": "test:record", "payload": {"n": i}} for i in range(3000)])
+    conn.execute("ANALYZE haosq.jobs")
+    token = "00000000-0000-0000-0000-0000000000aa"
+    rows = claims.claim_jobs(conn, TypeFilter(), 200, worker_id="plan", pid=1, token=token)
+    acks = [Ack(row["id"], row["attempts"], "completed", result_json="null") for row in rows]
+    plan = explain_ack(conn, token, acks)
+    assert "Hash Join" in plan and "Nested Loop" not in plan, plan
+    assert "Seq Scan" not in plan and "Function Scan on json_to_recordset" in plan, plan
+    assert claims.ack_jobs(conn, token, acks) == {row["id"] for row in rows}
 
 
 def test_priority_then_due_time_then_id_and_scheduled_jobs_wait(
