@@ -33,7 +33,8 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     if args.quick:
         return {
             "enqueue": ["bench.enqueue", "--single", "500", "--bulk", "10000", "--runs", runs],
-            "drain": ["bench.drain", "--jobs", "2000", "--latency-jobs", "30", "--configs", "2x32"],
+            "drain": ["bench.drain", "--jobs", "2000", "--latency-jobs", "30", "--configs", "2x32",
+                      "--runs", runs],
             "peers": ["bench.peers.sweep", "--runs", runs, "--pgqueuer-jobs", "2000",
                       "--procrastinate-jobs", "300"],
             "scale": ["bench.scale", "--scale-max", str(min(args.scale_max, 100_000)),
@@ -42,7 +43,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
         }
     return {
         "enqueue": ["bench.enqueue", "--runs", runs],
-        "drain": ["bench.drain", "--configs", "1x32,2x50,4x50"],
+        "drain": ["bench.drain", "--runs", runs],
         "peers": ["bench.peers.sweep", "--runs", runs],
         "scale": ["bench.scale", "--scale-max", str(args.scale_max), "--runs", runs],
         "soak": ["bench.soak", "--minutes", str(args.soak or 30), "--held-xmin"],
@@ -122,10 +123,14 @@ def table(records: list[dict[str, Any]]) -> str:
         ("SQL function add_job, jobs/s", fmt(median(function.get("jobs_per_s"))), "-", "-", "-",
          "-", "-", "-"),
     ]
-    empty_scale = by.get("scale.empty", {})
+    # The drain's best configuration when it was measured, else the scale run's empty table.
+    best = drain.get("best_config")
+    cpu_source = ({key: drain[key][best] for key in ("worker_cpu_s_per_1000", "postgres_cpu_s_per_1000")}
+                  if best and isinstance(drain.get("worker_cpu_s_per_1000"), dict)
+                  else by.get("scale.empty", {}))
     rows.append(("CPU s per 1,000 jobs: workers / PostgreSQL",
-                 f"{fmt(median(empty_scale.get('worker_cpu_s_per_1000')), 2)} / "
-                 f"{fmt(median(empty_scale.get('postgres_cpu_s_per_1000')), 2)}",
+                 f"{fmt(median(cpu_source.get('worker_cpu_s_per_1000')), 2)} / "
+                 f"{fmt(median(cpu_source.get('postgres_cpu_s_per_1000')), 2)}",
                  f"{fmt(median(pgq.get('worker_cpu_s_per_1000')), 2)} / -",
                  f"{fmt(median(proc.get('worker_cpu_s_per_1000')), 2)} / -", "-", "-", "-", "-"))
     scale = {name: r for name, r in by.items() if name.startswith("scale.")}

@@ -32,9 +32,8 @@ from bench.workers import (
     DEFAULT_PROCESSES,
     BenchWorkers,
     close_probe,
-    probe,
-    process_cpu_seconds,
-    remaining,
+    completed,
+    timed_drain,
 )
 from haosq.config import Settings, load_settings
 from haosq.db.queries.jobs import JobFilter
@@ -110,20 +109,8 @@ def drain_added(url: str, jobs: int, processes: int, concurrency: int) -> tuple[
     with BenchWorkers(url, processes, concurrency) as workers, \
             JobQueue(settings=settings_for(url)) as queue:
         workers.wait_registered()
-        queue.add_many([{"type": "bench:noop", "payload": {"i": i}} for i in range(jobs)])
-        worker_cpu, server_cpu = workers.cpu_seconds(), workers.server_cpu_seconds()
-        started = time.perf_counter()
-        while remaining(url) > 0:
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - started
-        worker_used = workers.cpu_seconds() - worker_cpu
-        server_used = sum(process_cpu_seconds(pid) - used for pid, used in server_cpu.items())
-        return jobs / elapsed, worker_used / jobs * 1000, server_used / jobs * 1000
-
-
-def completed(url: str) -> int:
-    row = probe(url).execute("SELECT count(*) FROM haosq.jobs WHERE status = 'completed'").fetchone()
-    return int(row[0]) if row else 0
+        return timed_drain(url, workers, lambda: queue.add_many(
+            [{"type": "bench:noop", "payload": {"i": i}} for i in range(jobs)]), jobs)
 
 
 def drain_backlog(url: str, jobs: int, processes: int, concurrency: int) -> float:
