@@ -329,7 +329,7 @@ class JobWorker:
             return
         generation = self._wake_generation
         accepted: set[int] = set()
-        rows: list[dict[str, Any]] = []
+        rows: list[Job] = []
         try:
             with self.database.connection() as conn:
                 followups = any(o.running.context.followups for o in outcomes)
@@ -355,8 +355,8 @@ class JobWorker:
                 self._want_claim = False
             if rows:
                 log.info("claimed %d job(s)", len(rows))
-            for row in rows:
-                self._dispatch(Job.from_row(row))
+            for job in rows:
+                self._dispatch(job)
 
     def _dispatch(self, job: Job) -> None:
         spec = self.registry.find(job.type)
@@ -399,10 +399,10 @@ class JobWorker:
 
     def _careful_cycle(
         self, conn: psycopg.Connection[Any], lines: list[Any], outcomes: list[Outcome], claim: int
-    ) -> tuple[set[int], list[dict[str, Any]]]:
+    ) -> tuple[set[int], list[Job]]:
         """The same work as the pipelined round trip, one statement at a time: after a
         database error, and when follow-up jobs depend on which acknowledgements held."""
-        rows: list[dict[str, Any]] = []
+        rows: list[Job] = []
         with conn.transaction():
             claims.pin_plans(conn)
             if self._db_trouble:

@@ -77,11 +77,11 @@ def test_ack_plan_joins_the_batch_in_one_pass(queue: JobQueue, conn: psycopg.Con
     conn.execute("ANALYZE haosq.jobs")
     token = "00000000-0000-0000-0000-0000000000aa"
     rows = claims.claim_jobs(conn, TypeFilter(), 200, worker_id="plan", pid=1, token=token)
-    acks = [Ack(row["id"], row["attempts"], "completed", result_json="null") for row in rows]
+    acks = [Ack(job.id, job.attempts, "completed", result_json="null") for job in rows]
     plan = explain_ack(conn, token, acks)
     assert "Hash Join" in plan and "Nested Loop" not in plan, plan
     assert "Seq Scan" not in plan and "Function Scan on json_to_recordset" in plan, plan
-    assert claims.ack_jobs(conn, token, acks) == {row["id"] for row in rows}
+    assert claims.ack_jobs(conn, token, acks) == {job.id for job in rows}
 
 
 def test_priority_then_due_time_then_id_and_scheduled_jobs_wait(

@@ -18,6 +18,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import class_row
+
+from haosq.models import Job
 
 CLAIM_COLUMNS = (
     "id, type, status, priority, payload, scheduled_at, due_at, started_at, attempts, "
@@ -50,6 +53,9 @@ RETURNING {columns}"""
 )
 
 _ALL_TYPES = sql.SQL("TRUE")
+
+# Claimed rows become `Job` records straight from the result (every claimed column is a field).
+CLAIMED = class_row(Job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +142,10 @@ def claim_jobs(
     pid: int,
     token: str,
     now: datetime | None = None,
-) -> list[dict[str, Any]]:
-    """Claim up to `limit` runnable jobs; returns their rows (attempts already counted)."""
+) -> list[Job]:
+    """Claim up to `limit` runnable jobs (attempts already counted)."""
     params = claim_params(type_filter, limit, worker_id=worker_id, pid=pid, token=token, now=now)
-    return conn.execute(claim_query(type_filter), params).fetchall()
+    return conn.cursor(row_factory=CLAIMED).execute(claim_query(type_filter), params).fetchall()
 
 
 def explain_claim(conn: psycopg.Connection[Any], type_filter: TypeFilter, limit: int) -> str:
@@ -409,7 +415,7 @@ def ack_and_claim(
     pid: int,
     now: datetime | None = None,
     before: Callable[[psycopg.Connection[Any]], None] | None = None,
-) -> tuple[set[int], list[dict[str, Any]]]:
+) -> tuple[set[int], list[Job]]:
     """The claim loop's one round trip: `before(conn)` (e.g. writing job logs), the batch
     acknowledgement and the next claim, in one transaction sent as one pipeline, so that the
     loop waits for the server (and for the GIL) once per turn instead of once per statement.
@@ -421,7 +427,7 @@ def ack_and_claim(
 
     Returns (ids whose acknowledgement was accepted, claimed rows)."""
     ack_cursor = conn.cursor()
-    claim_cursor = conn.cursor()
+    claim_cursor = conn.cursor(row_factory=CLAIMED)
     with conn.pipeline(), conn.transaction():
         if not acks and before is None:
             conn.execute("SET LOCAL synchronous_commit = off")
