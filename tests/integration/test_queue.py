@@ -4,8 +4,10 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from haosq import InvalidJob, InvalidTransition, JobNotFound, JobQueue, JobSpec, JobStatus
+from haosq.db.queries.jobs import page_query
 
 
 def test_add_returns_the_stored_job(queue):
@@ -92,6 +94,35 @@ def test_list_filters_and_keyset_paging(queue):
         queue.list(status="done")
     with pytest.raises(InvalidJob, match="type filter"):
         queue.list(type="Email'; drop table x")
+
+
+def test_listing_by_type_or_tag_merges_finished_and_live_jobs_through_their_indexes(queue, conn):
+    # A long history of other types, then one job of the listed type in each state: the
+    # listing indexes cover finished jobs only, so live ones must come from their own indexes.
+    conn.execute("""INSERT INTO haosq.jobs (type, status, completed_at)
+                    SELECT 'hist:old', 'completed', now() FROM generate_series(1, 60000)""")
+    done = queue.add("report:build", {}, tags=["q4"])
+    running = queue.add("report:build", {}, tags=["q4"])
+    waiting = queue.add("report:build", {}, tags=["q4"])
+    newest_done = queue.add("report:build", {}, tags=["q4"])
+    conn.execute("UPDATE haosq.jobs SET status = 'completed', completed_at = now() WHERE id = ANY(%s)",
+                 ([done.id, newest_done.id],))
+    conn.execute("UPDATE haosq.jobs SET status = 'processing', owner_token = gen_random_uuid() "
+                 "WHERE id = %s", (running.id,))
+    conn.execute("ANALYZE haosq.jobs")
+    everyone = [newest_done.id, waiting.id, running.id, done.id]
+    assert [j.id for j in queue.list(type="report:build")] == everyone
+    assert [j.id for j in queue.list(type="report")] == everyone
+    assert [j.id for j in queue.list(tag="q4", limit=2)] == everyone[:2]
+    assert [j.id for j in queue.list(tag="q4", before_id=waiting.id)] == everyone[2:]
+    assert queue.count(queue.filter(type="report")) == 4
+    assert queue.count(queue.filter(tag="q4", status="completed")) == 2
+    for job_filter in (queue.filter(type="report:build"), queue.filter(tag="q4")):
+        query, params = page_query(job_filter, limit=50)
+        plan = "\n".join(r["QUERY PLAN"] for r in conn.execute(
+            sql.SQL("EXPLAIN ") + query, params).fetchall())
+        assert "Seq Scan" not in plan and "jobs_pkey" not in plan, plan
+        assert ("jobs_type_id" if job_filter.type else "jobs_tags") in plan, plan
 
 
 def test_search_finds_error_text_with_like_metacharacters(queue, conn):

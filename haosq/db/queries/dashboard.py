@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from haosq.db.queries.jobs import JOB_COLUMNS, JobFilter
+from haosq.db.queries.jobs import JobFilter, page_query
 
 PENDING_TIMES = """
 SELECT (SELECT count(*) FROM haosq.jobs
@@ -120,14 +120,8 @@ def jobs_page(
 
     Newest first by default; the primary key index serves both directions, so the first
     page of ten million rows costs the same as the first page of ten."""
-    where, params = job_filter.where()
-    if after_id is not None:
-        where = sql.SQL("{} AND id {} %s").format(where, sql.SQL(">" if oldest_first else "<"))
-        params.append(after_id)
-    query = sql.SQL("SELECT {columns} FROM haosq.jobs WHERE {where} ORDER BY id {order} LIMIT %s").format(
-        columns=JOB_COLUMNS, where=where, order=sql.SQL("ASC" if oldest_first else "DESC")
-    )
-    return conn.execute(query, [*params, limit]).fetchall()
+    query, params = page_query(job_filter, limit=limit, after_id=after_id, oldest_first=oldest_first)
+    return conn.execute(query, params).fetchall()
 
 
 def count_actionable(conn: psycopg.Connection[Any], job_filter: JobFilter, action: str) -> int:

@@ -162,6 +162,50 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# The listing indexes (`jobs_status_id`, `jobs_type_id`, `jobs_tags`) cover finished jobs
+# only (migration 0006); pending and running jobs are found through `jobs_pending_due` and
+# `jobs_owner`. A filter on type or tag across every status therefore reads the finished,
+# pending and running jobs separately, each through its own partial index, and merges them:
+# one query over all of them would have no index for the type or tag and could walk the
+# primary key through the whole history.
+FINISHED = sql.SQL("status IN ('completed', 'failed', 'cancelled')")
+PENDING = sql.SQL("status = 'pending'")
+PROCESSING = sql.SQL("status = 'processing'")
+
+
+def _halves(job_filter: JobFilter) -> list[sql.Composable]:
+    if job_filter.status is None and (job_filter.type or job_filter.tag):
+        return [FINISHED, PENDING, PROCESSING]
+    return []
+
+
+def page_query(
+    job_filter: JobFilter,
+    *,
+    limit: int,
+    after_id: int | None = None,
+    oldest_first: bool = False,
+) -> tuple[sql.Composable, list[Any]]:
+    """One page of jobs in id order, keyset-paged (`after_id` is the last id shown)."""
+    where, params = job_filter.where()
+    order = sql.SQL("ASC" if oldest_first else "DESC")
+    if after_id is not None:
+        where = sql.SQL("{} AND id {} %s").format(where, sql.SQL(">" if oldest_first else "<"))
+        params.append(after_id)
+    halves = _halves(job_filter)
+    if not halves:
+        query = sql.SQL("SELECT {columns} FROM haosq.jobs WHERE {where} ORDER BY id {order} LIMIT %s")
+        return query.format(columns=JOB_COLUMNS, where=where, order=order), [*params, limit]
+    parts = [
+        sql.SQL("(SELECT {columns} FROM haosq.jobs WHERE {where} AND {half} ORDER BY id {order} LIMIT %s)")
+        .format(columns=JOB_COLUMNS, where=where, half=half, order=order)
+        for half in halves
+    ]
+    query = sql.SQL("SELECT * FROM ({parts}) AS page ORDER BY id {order} LIMIT %s").format(
+        parts=sql.SQL(" UNION ALL ").join(parts), order=order)
+    return query, [*params, limit] * len(halves) + [limit]
+
+
 def list_jobs(
     conn: psycopg.Connection[Any],
     job_filter: JobFilter,
@@ -170,20 +214,17 @@ def list_jobs(
     before_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """Newest first, paged by id (keyset): pass the last id seen as `before_id`."""
-    where, params = job_filter.where()
-    if before_id is not None:
-        where = sql.SQL("{} AND id < %s").format(where)
-        params.append(before_id)
-    query = sql.SQL("SELECT {columns} FROM haosq.jobs WHERE {where} ORDER BY id DESC LIMIT %s").format(
-        columns=JOB_COLUMNS, where=where
-    )
-    return conn.execute(query, [*params, limit]).fetchall()
+    query, params = page_query(job_filter, limit=limit, after_id=before_id)
+    return conn.execute(query, params).fetchall()
 
 
 def count_matching(conn: psycopg.Connection[Any], job_filter: JobFilter) -> int:
     where, params = job_filter.where()
-    query = sql.SQL("SELECT count(*) AS n FROM haosq.jobs WHERE {where}").format(where=where)
-    row = conn.execute(query, params).fetchone()
+    halves = _halves(job_filter) or [sql.SQL("TRUE")]
+    counts = [sql.SQL("(SELECT count(*) FROM haosq.jobs WHERE {where} AND {half})").format(
+        where=where, half=half) for half in halves]
+    query = sql.SQL("SELECT {sum} AS n").format(sum=sql.SQL(" + ").join(counts))
+    row = conn.execute(query, params * len(halves)).fetchone()
     return int(row["n"]) if row else 0
 
 
