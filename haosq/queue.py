@@ -18,7 +18,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -158,6 +158,9 @@ class JobSpec:
     timeout: float | timedelta | None = None
 
 
+_SPEC_FIELDS = frozenset(JobSpec.__dataclass_fields__)
+
+
 class JobQueue:
     """Enqueue jobs and operate on them. Thread-safe; share one per process."""
 
@@ -231,30 +234,46 @@ class JobQueue:
     ) -> int:
         """Enqueue many jobs in one COPY (all or nothing); returns how many.
 
-        Every job is validated before anything is sent. Accepts `JobSpec`s or dicts with the
-        same keys (`type`, `payload`, `priority`, ...).
+        Accepts `JobSpec`s or dicts with the same keys (`type`, `payload`, `priority`, ...).
+        Jobs are validated as they stream to the server, so that checking one overlaps with
+        the server storing the previous ones; the first invalid job aborts the COPY and
+        nothing is added (with `conn`, the caller's transaction stays usable: the COPY runs
+        in a savepoint).
         """
         if isinstance(jobs, str | bytes | Mapping | JobSpec):
             raise InvalidJob("add_many takes a list of jobs; use add() for a single job")
-        validated = [self._validated(*self._spec_fields(spec)) for spec in jobs]
-        if not validated:
-            return 0
         if conn is not None:
-            return job_sql.copy_jobs(conn, validated, job_sql.database_now(conn))
+            # Reading the clock first opens the caller's transaction (when it is not in
+            # autocommit), so that the COPY's own block is a savepoint inside it.
+            now = job_sql.database_now(conn)
+            with conn.transaction():
+                return job_sql.copy_jobs(conn, self._validated_each(jobs), now)
         with self.db.connection() as own, own.transaction():
-            return job_sql.copy_jobs(own, validated, job_sql.database_now(own))
+            return job_sql.copy_jobs(own, self._validated_each(jobs), job_sql.database_now(own))
+
+    def _validated_each(self, jobs: Iterable[JobSpec | Mapping[str, Any]]) -> Iterator[job_sql.NewJob]:
+        for index, spec in enumerate(jobs):
+            try:
+                yield self._validated(*self._spec_fields(spec))
+            except InvalidJob as exc:
+                raise InvalidJob(f"job {index} of the batch: {exc} (nothing was added)") from None
 
     @staticmethod
     def _spec_fields(spec: JobSpec | Mapping[str, Any]) -> tuple[Any, ...]:
-        if type(spec) is not dict and not isinstance(spec, JobSpec | Mapping):
-            raise InvalidJob(f"invalid job {spec!r}: expected a JobSpec or a dict with a 'type'")
-        if type(spec) is dict or isinstance(spec, Mapping):
-            unknown = set(spec) - {f for f in JobSpec.__dataclass_fields__}
-            if unknown:
-                raise InvalidJob(f"unknown job option(s): {', '.join(sorted(unknown))}")
+        if type(spec) is dict:
+            # The common case, kept to a few dictionary lookups.
+            if not spec.keys() <= _SPEC_FIELDS:
+                unknown = set(spec) - _SPEC_FIELDS
+                raise InvalidJob(f"unknown job option(s): {', '.join(sorted(map(str, unknown)))}")
             if "type" not in spec:
                 raise InvalidJob("a job needs a 'type'")
-            spec = JobSpec(**spec)
+            get = spec.get
+            return (spec["type"], get("payload"), get("priority", 0), get("max_attempts"),
+                    get("scheduled_at"), get("tags", ()), get("created_by"), get("timeout"))
+        if not isinstance(spec, JobSpec | Mapping):
+            raise InvalidJob(f"invalid job {spec!r}: expected a JobSpec or a dict with a 'type'")
+        if isinstance(spec, Mapping):
+            return JobQueue._spec_fields(dict(spec))
         return (spec.type, spec.payload, spec.priority, spec.max_attempts, spec.scheduled_at,
                 spec.tags, spec.created_by, spec.timeout)
 

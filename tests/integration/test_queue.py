@@ -78,6 +78,22 @@ def test_add_many_in_the_callers_transaction(queue, database_url):
     assert queue.list() == []
 
 
+def test_a_bad_job_in_the_callers_transaction_leaves_it_usable(queue, database_url):
+    # Jobs stream into the COPY as they are validated: the bad third job aborts the batch,
+    # but only the batch (a savepoint), not what the caller did before or does after.
+    with psycopg.connect(database_url) as own:
+        kept = queue.add("demo:echo", {"kept": True}, conn=own)
+        with pytest.raises(InvalidJob, match=r"job 2 of the batch: invalid priority .*nothing was added"):
+            queue.add_many([{"type": "demo:echo"}, {"type": "demo:echo"},
+                            {"type": "demo:echo", "priority": 5000}], conn=own)
+        assert queue.add_many([{"type": "demo:echo", "payload": {"after": i}} for i in range(3)],
+                              conn=own) == 3
+        own.commit()
+    jobs = queue.list()
+    assert len(jobs) == 4 and kept.id in {j.id for j in jobs}
+    assert sorted(j.payload.get("after", -1) for j in jobs) == [-1, 0, 1, 2]
+
+
 def test_list_filters_and_keyset_paging(queue):
     a = queue.add("email:send", {}, tags=["vip"])
     b = queue.add("email:digest", {})
