@@ -47,10 +47,14 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 
+# Built once: json.dumps with options other than the defaults builds an encoder per call.
+_RESULT_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+
+
 def encode_result(value: Any) -> str:
     """The handler's return value as JSON text; anything else is the handler's error."""
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text = _RESULT_ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise NotJsonResult(
             f"the handler returned a value that is not JSON ({type(value).__name__}): {exc}"

@@ -554,7 +554,8 @@ class JobWorker:
             log.exception("hook %s raised; ignored", getattr(hook, "__name__", hook))
 
     def _notify(self, event: str, *args: Any) -> None:
-        notify_observers(self.observers, event, *args)
+        if self.observers:  # twice per job on the hot path: skip the call when nobody listens
+            notify_observers(self.observers, event, *args)
 
     def _database_error(self, exc: BaseException, where: str) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
