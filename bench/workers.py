@@ -15,10 +15,10 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Two worker processes with 50 threads each (claims of up to 50 jobs): the best configuration
+# Two worker processes with 200 threads each (claims of up to 200 jobs): the best configuration
 # of the drain sweep (bench/README.md).
 DEFAULT_PROCESSES = 2
-DEFAULT_CONCURRENCY = 50
+DEFAULT_CONCURRENCY = 200
 
 
 def process_cpu_seconds(pid: int) -> float:
