@@ -395,7 +395,10 @@ class JobWorker:
             self._logs.write(job.id, job.attempts, level, message, None)
         with self._finished_lock:
             self._finished.append(outcome)
-        self._event.set()
+        # Once per job: skip the condition's lock when the loop has been woken already. No
+        # wake-up is lost: the loop clears the event before it takes the finished list.
+        if not self._event.is_set():
+            self._event.set()
 
     def _careful_cycle(
         self, conn: psycopg.Connection[Any], lines: list[Any], outcomes: list[Outcome], claim: int
