@@ -429,14 +429,24 @@ class JobWorker:
     def _acknowledge(self, conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> set[int]:
         acks: list[Ack] = [o.ack for o in outcomes]
         accepted = claims.ack_jobs(conn, self.identity.token, acks)
-        # Follow-up jobs commit with the completion that asked for them (same transaction).
+        applied_before: set[int] = set()
+        if self._db_trouble and len(accepted) < len(acks):
+            # Sent again after a lost connection: an ack refused because its first sending
+            # committed is this worker's own, not a late one.
+            applied_before = claims.already_acknowledged(
+                conn, self.identity.token, [a for a in acks if a.job_id not in accepted])
+            if applied_before:
+                log.info("%d acknowledgement(s) had committed before the connection was lost: %s",
+                         len(applied_before), ",".join(map(str, sorted(applied_before))))
+        # Follow-up jobs commit with the completion that asked for them (same transaction);
+        # those of an ack applied before were enqueued with it then.
         for outcome in outcomes:
             if outcome.status == "completed" and outcome.running.context.followups \
                     and outcome.running.job.id in accepted:
                 for followup in outcome.running.context.followups:
                     self._producer().add(followup.type, followup.payload, conn=conn,
                                          **followup.options)
-        return accepted
+        return accepted | applied_before
 
     def _producer(self) -> Any:
         if self._queue is None:

@@ -81,7 +81,43 @@ def test_ack_plan_joins_the_batch_in_one_pass(queue: JobQueue, conn: psycopg.Con
     plan = explain_ack(conn, token, acks)
     assert "Hash Join" in plan and "Nested Loop" not in plan, plan
     assert "Seq Scan" not in plan and "Function Scan on json_to_recordset" in plan, plan
+    # Results go in as the JSON the handler returned: None is the JSON value null (not SQL
+    # NULL), anything else exactly as it was encoded.
+    acks[1] = Ack(rows[1].id, rows[1].attempts, "completed",
+                  result_json='{"n": [1, 2.5, "é\\"q"], "none": null}')
     assert claims.ack_jobs(conn, token, acks) == {job.id for job in rows}
+    stored = conn.execute("SELECT id, result, result IS NULL AS sql_null FROM haosq.jobs "
+                          "WHERE id = ANY(%s) ORDER BY id", ([rows[0].id, rows[1].id],)).fetchall()
+    assert [(r["result"], r["sql_null"]) for r in stored] == [
+        (None, False), ({"n": [1, 2.5, 'é"q'], "none": None}, False)]
+
+
+def test_an_ack_sent_again_after_a_lost_answer_is_recognised_as_applied(
+    queue: JobQueue, conn: psycopg.Connection
+) -> None:
+    # The first sending committed but its answer was lost: sent again, the guard refuses it.
+    # The worker must see that the row holds exactly what it asked for (its own ack), and
+    # must not take a rescued-and-rerun job, or another attempt, for its own.
+    queue.add_many([{"type": "test:record", "payload": {"n": i}} for i in range(4)])
+    token = "00000000-0000-0000-0000-0000000000bb"
+    done, retried, rescued, other = claims.claim_jobs(conn, TypeFilter(), 4, worker_id="w", pid=1,
+                                                      token=token)
+    due = database_now(conn) + timedelta(minutes=5)
+    acks = [Ack(done.id, done.attempts, "completed", result_json='{"ok": true}'),
+            Ack(retried.id, retried.attempts, "pending", error="boom", due_at=due),
+            Ack(rescued.id, rescued.attempts, "completed", result_json="null")]
+    # The rescued job went back to pending and was claimed by another worker meanwhile.
+    conn.execute("UPDATE haosq.jobs SET status = 'pending', owner_token = NULL WHERE id = %s",
+                 (rescued.id,))
+    other_rows = claims.claim_jobs(conn, TypeFilter(), 1, worker_id="x", pid=2,
+                                   token="00000000-0000-0000-0000-0000000000cc")
+    assert [j.id for j in other_rows] == [rescued.id]
+    assert claims.ack_jobs(conn, token, acks) == {done.id, retried.id}
+    again = claims.ack_jobs(conn, token, acks)
+    assert again == set()  # refused by the guard: the rows moved on
+    assert claims.already_acknowledged(conn, token, acks) == {done.id, retried.id}
+    assert claims.already_acknowledged(
+        conn, token, [Ack(other.id, other.attempts + 1, "completed", result_json="null")]) == set()
 
 
 def test_priority_then_due_time_then_id_and_scheduled_jobs_wait(

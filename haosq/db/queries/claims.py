@@ -10,6 +10,7 @@ matches no row and is counted as refused.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.rows import class_row
+from psycopg import postgres, sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
+from psycopg.rows import class_row, tuple_row
 
 from haosq.models import Job
 
@@ -56,6 +59,21 @@ _ALL_TYPES = sql.SQL("TRUE")
 
 # Claimed rows become `Job` records straight from the result (every claimed column is a field).
 CLAIMED = class_row(Job)
+_decode_json = json.JSONDecoder().decode
+
+
+class _JsonbPayloadLoader(Loader):
+    """The claimed payloads: psycopg hands json.loads bytes, which it first sniffs for an
+    encoding; PostgreSQL sends UTF-8, so decode and parse directly (once per claimed job)."""
+
+    def load(self, data: Buffer) -> Any:
+        return _decode_json(bytes(data).decode())
+
+
+def claimed_cursor(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Job]:
+    cursor = conn.cursor(row_factory=CLAIMED)
+    cursor.adapters.register_loader(postgres.types["jsonb"].oid, _JsonbPayloadLoader)
+    return cursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +130,9 @@ def _type_clause(type_filter: TypeFilter) -> sql.Composable:
     return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
 
 
+@functools.lru_cache(maxsize=64)
 def claim_query(type_filter: TypeFilter) -> sql.Composed:
+    """The claim statement for a filter; composed once (the claim loop runs it every turn)."""
     return CLAIM.format(
         type_filter=_type_clause(type_filter),
         columns=sql.SQL(", ").join(sql.SQL("j.") + sql.SQL(c.strip()) for c in CLAIM_COLUMNS.split(",")),
@@ -145,7 +165,7 @@ def claim_jobs(
 ) -> list[Job]:
     """Claim up to `limit` runnable jobs (attempts already counted)."""
     params = claim_params(type_filter, limit, worker_id=worker_id, pid=pid, token=token, now=now)
-    return conn.cursor(row_factory=CLAIMED).execute(claim_query(type_filter), params).fetchall()
+    return claimed_cursor(conn).execute(claim_query(type_filter), params).fetchall()
 
 
 def explain_claim(conn: psycopg.Connection[Any], type_filter: TypeFilter, limit: int) -> str:
@@ -181,7 +201,7 @@ class Ack:
 ACK = """
 UPDATE haosq.jobs j
    SET status = a.status,
-       result = CASE WHEN a.status = 'completed' THEN a.result::jsonb ELSE j.result END,
+       result = CASE WHEN a.status = 'completed' THEN coalesce(a.result::jsonb, 'null') ELSE j.result END,
        error = CASE WHEN a.status = 'completed' THEN NULL ELSE a.error END,
        completed_at = CASE WHEN a.status = 'pending' THEN NULL ELSE now() END,
        due_at = CASE WHEN a.status = 'pending' THEN coalesce(a.due_at, now()) ELSE j.due_at END,
@@ -189,7 +209,7 @@ UPDATE haosq.jobs j
        owner_token = CASE WHEN a.status = 'pending' THEN NULL ELSE j.owner_token END,
        updated_at = now()
   FROM json_to_recordset(%(acks)s::json)
-       AS a(id bigint, attempt int, status text, result text, error text, due_at timestamptz)
+       AS a(id bigint, attempt int, status text, result json, error text, due_at timestamptz)
  WHERE j.id = ANY(%(ids)s::bigint[])
    AND j.id = a.id
    AND j.status = 'processing'
@@ -217,9 +237,33 @@ def ack_jobs(conn: psycopg.Connection[Any], token: str, acks: Sequence[Ack]) -> 
     if not acks:
         return set()
     conn.execute(ACK_PLAN)
-    rows = conn.execute(ACK, ack_params(token, acks)).fetchall()
+    rows = conn.cursor(row_factory=tuple_row).execute(ACK, ack_params(token, acks)).fetchall()
     conn.execute(AFTER_ACK_PLAN)
-    return {_first(r) for r in rows}
+    return {r[0] for r in rows}
+
+
+# After a lost connection the worker cannot tell whether its last acknowledgement committed;
+# it sends it again, and the guard then refuses it if the first one went through. These are
+# the acks found already applied: a final status under this token and attempt, or a retry whose
+# exact due time (computed by this worker) is on the row.
+ALREADY_ACKNOWLEDGED = """
+SELECT j.id
+  FROM haosq.jobs j
+  JOIN json_to_recordset(%(acks)s::json)
+       AS a(id bigint, attempt int, status text, result json, error text, due_at timestamptz)
+    ON j.id = a.id
+ WHERE j.id = ANY(%(ids)s::bigint[])
+   AND ((a.status <> 'pending' AND j.status = a.status AND j.owner_token = %(token)s
+         AND j.attempts = a.attempt)
+        OR (a.status = 'pending' AND j.retry_at = a.due_at AND j.attempts >= a.attempt))
+"""
+
+
+def already_acknowledged(conn: psycopg.Connection[Any], token: str, acks: Sequence[Ack]) -> set[int]:
+    """Which of these (refused) acks had been applied already by an earlier attempt to send them."""
+    if not acks:
+        return set()
+    return {_first(r) for r in conn.execute(ALREADY_ACKNOWLEDGED, ack_params(token, acks)).fetchall()}
 
 
 def explain_ack(conn: psycopg.Connection[Any], token: str, acks: Sequence[Ack]) -> str:
@@ -234,8 +278,8 @@ def explain_ack(conn: psycopg.Connection[Any], token: str, acks: Sequence[Ack]) 
 
 def ack_params(token: str, acks: Sequence[Ack]) -> dict[str, Any]:
     """The ACK statement's parameters: the token, and the batch as a JSON array of objects
-    (absent keys read as NULL). The result is already JSON text: it is sent as a string, so
-    that a handler's `None` stays the JSON value null."""
+    (absent keys read as NULL). The result is already JSON text and goes in as it is (a JSON
+    null reads as SQL NULL there, and the statement stores it back as the JSON value null)."""
     return {"token": token, "ids": [a.job_id for a in acks],
             "acks": "[" + ",".join(map(_ack_json, acks)) + "]"}
 
@@ -243,7 +287,7 @@ def ack_params(token: str, acks: Sequence[Ack]) -> dict[str, Any]:
 def _ack_json(ack: Ack) -> str:
     fields = [f'"id":{ack.job_id}', f'"attempt":{ack.attempt}', f'"status":"{ack.status}"']
     if ack.result_json is not None:
-        fields.append('"result":' + _dumps(ack.result_json))
+        fields.append('"result":' + ack.result_json)
     if ack.error is not None:
         fields.append('"error":' + _dumps(ack.error))
     if ack.due_at is not None:
@@ -426,8 +470,8 @@ def ack_and_claim(
     that acknowledge are fully durable, and flush any such claim with them.
 
     Returns (ids whose acknowledgement was accepted, claimed rows)."""
-    ack_cursor = conn.cursor()
-    claim_cursor = conn.cursor(row_factory=CLAIMED)
+    ack_cursor = conn.cursor(row_factory=tuple_row)
+    claim_cursor = claimed_cursor(conn)
     with conn.pipeline(), conn.transaction():
         if not acks and before is None:
             conn.execute("SET LOCAL synchronous_commit = off")
@@ -441,6 +485,6 @@ def ack_and_claim(
         if limit:
             claim_cursor.execute(claim_query(type_filter), claim_params(
                 type_filter, limit, worker_id=worker_id, pid=pid, token=token, now=now))
-    accepted = {_first(r) for r in ack_cursor.fetchall()} if acks else set()
+    accepted = {r[0] for r in ack_cursor.fetchall()} if acks else set()
     rows = claim_cursor.fetchall() if limit else []
     return accepted, rows
