@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import json
 import multiprocessing
-import threading
 import traceback
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +26,7 @@ from haosq.config import Settings
 from haosq.daemon.execution import ChildDied, JobTimedOut, NotJsonResult, Running, encode_result
 from haosq.db.connection import Database
 from haosq.errors import PermanentError, Retry
-from haosq.handlers.registry import REGISTRY, FollowUp, JobContext, JobLogger
+from haosq.handlers.registry import REGISTRY, CancelEvent, FollowUp, JobContext, JobLogger
 from haosq.models import Job
 
 _SPAWN = multiprocessing.get_context("spawn")
@@ -73,7 +72,7 @@ def _child_main(task: ChildTask, pipe: Connection) -> None:
             job=task.job,
             log=JobLogger(_PipeSink(pipe), task.job.id, task.attempt),
             attempt=task.attempt,
-            cancelled=threading.Event(),
+            cancelled=CancelEvent(),
             settings=task.settings,
             database=database,
         )

@@ -60,7 +60,7 @@ from haosq.db.queries import claims
 from haosq.db.queries.claims import Ack, TypeFilter
 from haosq.db.queries.jobs import add_logs
 from haosq.errors import UnknownJobType
-from haosq.handlers.registry import REGISTRY, JobContext, JobLogger, Registry
+from haosq.handlers.registry import REGISTRY, CancelEvent, JobContext, JobLogger, Registry
 from haosq.models import Job
 
 if TYPE_CHECKING:
@@ -366,7 +366,7 @@ class JobWorker:
             job=job,
             log=JobLogger(self._logs, job.id, job.attempts),
             attempt=job.attempts,
-            cancelled=threading.Event(),
+            cancelled=CancelEvent(),
             settings=self.settings,
             database=self.database,
             deadline=None,
