@@ -53,6 +53,8 @@ _RESULT_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 
 def encode_result(value: Any) -> str:
     """The handler's return value as JSON text; anything else is the handler's error."""
+    if value is None:
+        return "null"  # most handlers return nothing: skip building an encoder pass for it
     try:
         text = _RESULT_ENCODER.encode(value)
     except (TypeError, ValueError) as exc:

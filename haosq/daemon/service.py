@@ -20,6 +20,7 @@ duties), plus one dedicated LISTEN connection outside the pool.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -58,6 +59,23 @@ log = logging.getLogger("haosq.worker")
 
 COMPACT_EVERY_SECONDS = 5.0
 FIRST_CLAIM_WAIT_SECONDS = 10.0
+
+
+# Allocations between two young-generation collections in the daemon (Python's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """For the daemon process, once started. It allocates a few dozen short-lived objects per
+    job and keeps almost none, and almost none of them are in reference cycles; at the default
+    threshold the collector ran every ~20 jobs and rescanned the survivors of every module and
+    handler each time (a fifth of the worker's CPU on short jobs). Freezing moves everything
+    alive after start-up (modules, handlers, pool, threads) out of the collector's sight, and
+    a higher threshold makes young collections rarer; cycles are still collected."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+    log.info("garbage collector: %d start-up objects frozen, young generation collected every "
+             "%d allocations", gc.get_freeze_count(), GC_YOUNG_THRESHOLD)
 
 
 class WorkerService:
@@ -203,6 +221,7 @@ class WorkerService:
         if install_signals and threading.current_thread() is threading.main_thread():
             self._install_signals()
         self.start()
+        tune_garbage_collector()
         try:
             self.wait()
         finally:
