@@ -131,12 +131,13 @@ def _type_clause(type_filter: TypeFilter) -> sql.Composable:
 
 
 @functools.lru_cache(maxsize=64)
-def claim_query(type_filter: TypeFilter) -> sql.Composed:
-    """The claim statement for a filter; composed once (the claim loop runs it every turn)."""
+def claim_query(type_filter: TypeFilter) -> str:
+    """The claim statement for a filter, composed and rendered once (the claim loop runs it
+    every turn; a `Composed` would be rendered again at every execution)."""
     return CLAIM.format(
         type_filter=_type_clause(type_filter),
         columns=sql.SQL(", ").join(sql.SQL("j.") + sql.SQL(c.strip()) for c in CLAIM_COLUMNS.split(",")),
-    )
+    ).as_string(None)
 
 
 def claim_params(
@@ -173,7 +174,7 @@ def explain_claim(conn: psycopg.Connection[Any], type_filter: TypeFilter, limit:
     stays on `jobs_claim`)."""
     params = claim_params(type_filter, limit, worker_id="explain", pid=0,
                           token="00000000-0000-0000-0000-000000000000", now=None)
-    query = sql.SQL("EXPLAIN ") + claim_query(type_filter)
+    query = "EXPLAIN " + claim_query(type_filter)
     with conn.transaction():
         pin_plans(conn)  # as the claim loop runs it
         rows = conn.execute(query, params).fetchall()
