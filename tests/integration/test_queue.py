@@ -7,6 +7,7 @@ import pytest
 from psycopg import sql
 
 from haosq import InvalidJob, InvalidTransition, JobNotFound, JobQueue, JobSpec, JobStatus
+from haosq.db.queries.dashboard import actionable_count_query, count_actionable
 from haosq.db.queries.jobs import page_query
 
 
@@ -139,6 +140,15 @@ def test_listing_by_type_or_tag_merges_finished_and_live_jobs_through_their_inde
             sql.SQL("EXPLAIN ") + query, params).fetchall())
         assert "Seq Scan" not in plan and "jobs_pkey" not in plan, plan
         assert ("jobs_type_id" if job_filter.type else "jobs_tags") in plan, plan
+    # The bulk-action confirmations count live jobs through their own indexes too.
+    report = queue.filter(type="report")
+    assert count_actionable(conn, report, "cancel") == 2
+    assert count_actionable(conn, report, "retry") == 0
+    for action in ("cancel", "retry"):
+        query, params = actionable_count_query(report, action)
+        plan = "\n".join(r["QUERY PLAN"] for r in conn.execute(
+            sql.SQL("EXPLAIN ") + query, params).fetchall())
+        assert "Seq Scan" not in plan and "jobs_pkey" not in plan, plan
 
 
 def test_search_finds_error_text_with_like_metacharacters(queue, conn):

@@ -124,12 +124,20 @@ def jobs_page(
     return conn.execute(query, params).fetchall()
 
 
-def count_actionable(conn: psycopg.Connection[Any], job_filter: JobFilter, action: str) -> int:
-    """How many jobs matching the filter a bulk retry or cancel would touch (for its confirmation)."""
+def actionable_count_query(job_filter: JobFilter, action: str) -> tuple[sql.Composable, list[Any]]:
+    """One count per status, so that each reads its own partial index (`jobs_status_id` for
+    failed jobs, `jobs_pending_due` and `jobs_owner` for live ones) instead of the history.
+    The status is a literal, not a parameter: a generic plan could not prove that a partial
+    index's predicate holds for a parameter's value."""
     where, params = job_filter.where()
     statuses = ["failed"] if action == "retry" else ["pending", "processing"]
-    query = sql.SQL("SELECT count(*) AS n FROM haosq.jobs WHERE {where} AND status = ANY(%s)").format(
-        where=where
-    )
-    row = conn.execute(query, [*params, statuses]).fetchone()
+    counts = [sql.SQL("(SELECT count(*) FROM haosq.jobs WHERE {where} AND status = {status})").format(
+        where=where, status=sql.Literal(status)) for status in statuses]
+    return sql.SQL("SELECT {total} AS n").format(total=sql.SQL(" + ").join(counts)), params * len(statuses)
+
+
+def count_actionable(conn: psycopg.Connection[Any], job_filter: JobFilter, action: str) -> int:
+    """How many jobs matching the filter a bulk retry or cancel would touch (for its confirmation)."""
+    query, params = actionable_count_query(job_filter, action)
+    row = conn.execute(query, params).fetchone()
     return int(row["n"]) if row else 0
