@@ -171,6 +171,9 @@ class JobWorker:
         # Set once the first claim round trip succeeded: the service reports READY=1 after it.
         self.first_cycle = threading.Event()
         self._queue: Any = None
+        # Hooks a subclass did not override are not called (twice per job on the hot path).
+        self._start_hook = type(self).on_job_start is not JobWorker.on_job_start
+        self._complete_hook = type(self).on_job_complete is not JobWorker.on_job_complete
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -532,7 +535,8 @@ class JobWorker:
 
     def _run(self, running: Running) -> None:
         job = running.job
-        self._hook(self.on_job_start, job)
+        if self._start_hook:
+            self._hook(self.on_job_start, job)
         result: Any = None
         error: BaseException | None = None
         try:
@@ -553,7 +557,8 @@ class JobWorker:
             return  # timed out or released meanwhile: this result is discarded
         outcome = decide(running, result=result, error=error, policy=self.policy, now=self.clock.now())
         if outcome.status == "completed":
-            self._hook(self.on_job_complete, job, outcome.result)
+            if self._complete_hook:
+                self._hook(self.on_job_complete, job, outcome.result)
         elif outcome.status in ("failed", "retried"):
             self._hook(self.on_job_failed, job, outcome.error)
         self._finish(outcome)
