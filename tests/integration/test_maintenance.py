@@ -16,6 +16,7 @@ from haosq.config import Settings, load_settings
 from haosq.daemon.maintenance import MaintenanceConfig, MaintenanceDuty, load_maintenance_config
 from haosq.db.connection import Database
 from haosq.errors import ConfigError
+from tests.integration.worker_support import wait_until
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
@@ -147,9 +148,52 @@ def test_disabled_tasks_do_not_run(settings, database, clock, conn):
     from haosq.daemon.maintenance import TaskConfig
 
     off = TaskConfig(False, timedelta(minutes=1))
-    duty = make_duty(settings, database, clock, rescue=off, job_logs=off, retention=off)
+    duty = make_duty(settings, database, clock, rescue=off, job_logs=off, retention=off, vacuum=off)
     assert duty.tick() == []
     assert count(conn, "SELECT count(*) AS n FROM haosq.maintenance_runs") == 0
+
+
+def dead_rows(conn: psycopg.Connection, at_least: int) -> int:
+    """haosq.jobs's dead rows in the statistics, once they show at least `at_least`."""
+    conn.execute("SELECT pg_stat_force_next_flush()")  # this backend's counts, when idle
+    found = 0
+
+    def visible() -> bool:
+        nonlocal found
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        found = count(conn, "SELECT n_dead_tup AS n FROM pg_stat_user_tables "
+                            "WHERE relid = 'haosq.jobs'::regclass")
+        return found >= at_least
+
+    wait_until(visible, timeout=10, interval=0.05, message=f"{at_least} dead rows in the statistics")
+    return found
+
+
+def make_dead_rows(conn: psycopg.Connection) -> None:
+    conn.execute("INSERT INTO haosq.jobs (type) SELECT 'reports:build' FROM generate_series(1, 3000)")
+    conn.execute("UPDATE haosq.jobs SET priority = priority + 1")
+    conn.execute("UPDATE haosq.jobs SET priority = priority + 1")
+
+
+def test_vacuum_stands_in_for_autovacuum(settings, database, clock, conn):
+    # 3,000 jobs updated twice: 6,000 dead rows, over the 1,000 + 2% rule.
+    make_dead_rows(conn)
+    assert dead_rows(conn, 6000) >= 6000
+    always = make_duty(settings, database, clock, vacuum_always=True)
+    result = always.vacuum(NOW)
+    assert result["vacuumed"]["jobs"] >= 6000
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    after = conn.execute("SELECT n_dead_tup, vacuum_count + autovacuum_count AS runs "
+                         "FROM pg_stat_user_tables WHERE relid = 'haosq.jobs'::regclass").fetchone()
+    assert after["n_dead_tup"] == 0 and after["runs"] >= 1
+    assert always.vacuum(NOW) == {}  # nothing due any more
+    # The default only stands in when the server's autovacuum is off.
+    make_dead_rows(conn)
+    dead_rows(conn, 6000)
+    server_autovacuum = conn.execute("SELECT current_setting('autovacuum')::boolean AS on"
+                                     ).fetchone()["on"]
+    result = make_duty(settings, database, clock).vacuum(NOW)
+    assert (result == {}) if server_autovacuum else (result["vacuumed"]["jobs"] >= 6000)
 
 
 def config(tmp_path: Path, text: str, database_url: str = "") -> Settings:
@@ -192,6 +236,11 @@ failed = "90d"
         load_maintenance_config(config(tmp_path, "[maintenance.job_logs]\nkeep = 'forever'\n"))
     with pytest.raises(ConfigError, match="unknown key"):
         load_maintenance_config(config(tmp_path, "[maintenance.rescue]\nevry = '1m'\n"))
+    assert defaults.vacuum.enabled and not defaults.vacuum_always
+    assert load_maintenance_config(config(tmp_path, "[maintenance.vacuum]\nwhen = 'always'\n"
+                                                    "every = '5m'\n")).vacuum_always
+    with pytest.raises(ConfigError, match=r"\[maintenance.vacuum\] when = 'sometimes'"):
+        load_maintenance_config(config(tmp_path, "[maintenance.vacuum]\nwhen = 'sometimes'\n"))
     with pytest.raises(ConfigError, match="invalid cron expression"):
         load_maintenance_config(config(tmp_path, "[maintenance.old_files]\ncron = 'daily'\n"
                                                  "directory = '/tmp/x'\n"))

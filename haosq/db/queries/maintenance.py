@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 # One daemon per period: the row's last start must be at least one period old. The first
@@ -95,3 +97,38 @@ def delete_finished_jobs_batch(
 
 def delete_schedule_runs_batch(conn: psycopg.Connection[Any], cutoff: datetime, batch: int) -> int:
     return conn.execute(DELETE_SCHEDULE_RUNS, {"cutoff": cutoff, "batch": batch}).rowcount
+
+
+# Vacuum: only needed where the server's autovacuum is off (some CI and appliance setups turn
+# it off; a queue table that is never vacuumed grows by two dead row versions per job). The
+# same rule as autovacuum with the settings haosq.jobs carries (migration 0001): a table is due
+# when its dead rows exceed 1,000 plus 2% of its live rows.
+AUTOVACUUM_ON = "SELECT current_setting('autovacuum')::boolean AS on"
+TABLES_DUE_FOR_VACUUM = """
+SELECT s.relname AS name, s.n_dead_tup AS dead,
+       pg_has_role(c.relowner, 'USAGE') AS owned
+  FROM pg_stat_user_tables s
+  JOIN pg_class c ON c.oid = s.relid
+ WHERE s.schemaname = 'haosq'
+   AND s.n_dead_tup > %(threshold)s + %(scale)s * s.n_live_tup
+ ORDER BY s.n_dead_tup DESC
+"""
+VACUUM_THRESHOLD = 1000
+VACUUM_SCALE = 0.02
+
+
+def autovacuum_on(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(AUTOVACUUM_ON).fetchone()
+    return bool(row and (row["on"] if isinstance(row, dict) else row[0]))
+
+
+def tables_due_for_vacuum(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    cursor = conn.cursor(row_factory=dict_row)
+    return cursor.execute(TABLES_DUE_FOR_VACUUM, {"threshold": VACUUM_THRESHOLD,
+                                                  "scale": VACUUM_SCALE}).fetchall()
+
+
+def vacuum_table(conn: psycopg.Connection[Any], name: str) -> None:
+    """VACUUM (ANALYZE) one haosq table; `conn` must be in autocommit (VACUUM cannot run in
+    a transaction)."""
+    conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier("haosq", name)))
