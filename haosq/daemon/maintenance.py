@@ -25,6 +25,10 @@ Tasks (each can be tuned or disabled in the config file's `[maintenance]` sectio
     every = "1m"
     when = "autovacuum-off"     # or "always"
 
+    [maintenance.snapshots]     # warn about a transaction that holds back vacuum
+    every = "1m"
+    warn_after = "5m"
+
     [maintenance.old_files]     # the `cleanup:old-files` job, enqueued on a schedule
     cron = "0 3 * * *"          # default: daily at 03:00 (timezone: default UTC)
     directory = "/var/tmp/app"  # every other key is the job's payload
@@ -39,6 +43,11 @@ each period it vacuums every haosq table whose dead rows exceed autovacuum's rul
 haosq.jobs (1,000 plus 2% of the live rows). With autovacuum on it does nothing, unless
 `when = "always"`. VACUUM needs the table's owner; a daemon running as another role logs it
 once and leaves vacuuming to the owner.
+
+The snapshots task looks for the oldest open transaction of the database that holds a
+snapshot for longer than `warn_after` (a forgotten `BEGIN` in psql, a long report, an idle
+REPEATABLE READ session) and logs who holds it: while it stays open no vacuum can remove the
+row versions the queue leaves behind, and every claim has to walk past them.
 
 Job-log pruning and retention delete here, in SQL, rather than by enqueueing
 `cleanup:job-logs` jobs: they need no handler process, no worker listening to the cleanup
@@ -96,13 +105,16 @@ class MaintenanceConfig:
     workers_keep: timedelta = timedelta(days=7)
     vacuum: TaskConfig = TaskConfig(True, timedelta(minutes=1))
     vacuum_always: bool = False
+    snapshots: TaskConfig = TaskConfig(True, timedelta(minutes=1))
+    snapshot_warn_after: timedelta = timedelta(minutes=5)
     old_files: defs.ScheduleSpec | None = None
 
     @property
     def tick_seconds(self) -> float:
         """Often enough for the shortest enabled period to be kept within ~10%."""
         periods = [t.every.total_seconds()
-                   for t in (self.rescue, self.job_logs, self.retention, self.vacuum) if t.enabled]
+                   for t in (self.rescue, self.job_logs, self.retention, self.vacuum,
+                             self.snapshots) if t.enabled]
         return min(max(min(periods, default=60.0) / 10, 1.0), 15.0)
 
 
@@ -147,7 +159,7 @@ def load_maintenance_config(settings: Settings) -> MaintenanceConfig:
     section = _section(settings.sections.get("maintenance"), "[maintenance]")
     default = MaintenanceConfig()
     unknown = set(section) - {"enabled", "batch_size", "rescue", "job_logs", "retention",
-                              "vacuum", "old_files"}
+                              "vacuum", "snapshots", "old_files"}
     if unknown:
         raise ConfigError(f"[maintenance]: unknown key(s) {', '.join(sorted(unknown))}")
     all_enabled = _flag(section.get("enabled", True), "[maintenance] enabled")
@@ -159,6 +171,7 @@ def load_maintenance_config(settings: Settings) -> MaintenanceConfig:
     logs_table = _section(section.get("job_logs"), "[maintenance.job_logs]")
     retention_table = _section(section.get("retention"), "[maintenance.retention]")
     vacuum_table = _section(section.get("vacuum"), "[maintenance.vacuum]")
+    snapshots_table = _section(section.get("snapshots"), "[maintenance.snapshots]")
     when = vacuum_table.get("when", "autovacuum-off")
     if when not in ("autovacuum-off", "always"):
         raise ConfigError(f"[maintenance.vacuum] when = {when!r}: expected \"autovacuum-off\" "
@@ -183,6 +196,11 @@ def load_maintenance_config(settings: Settings) -> MaintenanceConfig:
                       if "workers" in retention_table else default.workers_keep),
         vacuum=_task(vacuum_table, "vacuum", default.vacuum, all_enabled, ("when",)),
         vacuum_always=when == "always",
+        snapshots=_task(snapshots_table, "snapshots", default.snapshots, all_enabled,
+                        ("warn_after",)),
+        snapshot_warn_after=(_duration(snapshots_table["warn_after"],
+                                       "[maintenance.snapshots] warn_after")
+                             if "warn_after" in snapshots_table else default.snapshot_warn_after),
         old_files=_old_files(section.get("old_files"), all_enabled,
                              settings["max_payload_bytes"]),
     )
@@ -259,6 +277,7 @@ class MaintenanceDuty:
             "job_logs": (self.config.job_logs, self.prune_job_logs),
             "retention": (self.config.retention, self.apply_retention),
             "vacuum": (self.config.vacuum, self.vacuum),
+            "snapshots": (self.config.snapshots, self.watch_snapshots),
         }
 
     def tick(self) -> list[str]:
@@ -353,6 +372,22 @@ class MaintenanceDuty:
                 maintenance_sql.vacuum_table(conn, table["name"])
                 vacuumed[table["name"]] = table["dead"]
         return {"vacuumed": vacuumed} if vacuumed else {}
+
+    def watch_snapshots(self, now: datetime) -> dict[str, Any]:
+        """Name the oldest transaction that holds back vacuum, when it is too old."""
+        with self.database.connection() as conn:
+            held = maintenance_sql.oldest_snapshot(conn, self.config.snapshot_warn_after)
+        if held is None:
+            return {}
+        minutes = held["seconds"] / 60
+        log.warning(
+            "a transaction has held a snapshot for %.0f min (pid %s, role %s, application %r, "
+            "client %s, %s): vacuum cannot remove the rows finished jobs leave behind, and "
+            "claims slow down as they pile up; end it (COMMIT, or SELECT "
+            "pg_terminate_backend(%s)) and consider idle_in_transaction_session_timeout",
+            minutes, held["pid"], held["role"] or "?", held["application"] or "",
+            held["client"] or "local", held["state"] or "?", held["pid"])
+        return {"held_by_pid": held["pid"], "minutes": round(minutes, 1)}
 
     def sync_old_files(self) -> bool:
         """Write the configured cleanup:old-files schedule (when there is one)."""

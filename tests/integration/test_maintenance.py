@@ -148,7 +148,8 @@ def test_disabled_tasks_do_not_run(settings, database, clock, conn):
     from haosq.daemon.maintenance import TaskConfig
 
     off = TaskConfig(False, timedelta(minutes=1))
-    duty = make_duty(settings, database, clock, rescue=off, job_logs=off, retention=off, vacuum=off)
+    duty = make_duty(settings, database, clock, rescue=off, job_logs=off, retention=off, vacuum=off,
+                     snapshots=off)
     assert duty.tick() == []
     assert count(conn, "SELECT count(*) AS n FROM haosq.maintenance_runs") == 0
 
@@ -196,6 +197,25 @@ def test_vacuum_stands_in_for_autovacuum(settings, database, clock, conn):
     assert (result == {}) if server_autovacuum else (result["vacuumed"]["jobs"] >= 6000)
 
 
+def test_a_transaction_holding_back_vacuum_is_named(settings, database, clock, database_url,
+                                                     caplog):
+    duty = make_duty(settings, database, clock, snapshot_warn_after=timedelta(0))
+    assert duty.watch_snapshots(NOW) == {}
+    with psycopg.connect(database_url, application_name="monthly-report") as holder:
+        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM haosq.jobs")  # takes the snapshot, then idles
+        pid = holder.info.backend_pid
+        with caplog.at_level("WARNING", logger="haosq.maintenance"):
+            result = duty.watch_snapshots(NOW)
+        assert result["held_by_pid"] == pid
+        assert f"pid {pid}" in caplog.text and "'monthly-report'" in caplog.text
+        assert "pg_terminate_backend" in caplog.text
+        patient = make_duty(settings, database, clock, snapshot_warn_after=timedelta(hours=1))
+        assert patient.watch_snapshots(NOW) == {}  # not old enough to warn about
+        holder.rollback()
+    assert duty.watch_snapshots(NOW) == {}
+
+
 def config(tmp_path: Path, text: str, database_url: str = "") -> Settings:
     path = tmp_path / "haosq.toml"
     path.write_text(text)
@@ -239,6 +259,8 @@ failed = "90d"
     assert defaults.vacuum.enabled and not defaults.vacuum_always
     assert load_maintenance_config(config(tmp_path, "[maintenance.vacuum]\nwhen = 'always'\n"
                                                     "every = '5m'\n")).vacuum_always
+    assert load_maintenance_config(config(tmp_path, "[maintenance.snapshots]\nwarn_after = '30s'\n"
+                                                    )).snapshot_warn_after == timedelta(seconds=30)
     with pytest.raises(ConfigError, match=r"\[maintenance.vacuum\] when = 'sometimes'"):
         load_maintenance_config(config(tmp_path, "[maintenance.vacuum]\nwhen = 'sometimes'\n"))
     with pytest.raises(ConfigError, match="invalid cron expression"):

@@ -132,3 +132,26 @@ def vacuum_table(conn: psycopg.Connection[Any], name: str) -> None:
     """VACUUM (ANALYZE) one haosq table; `conn` must be in autocommit (VACUUM cannot run in
     a transaction)."""
     conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier("haosq", name)))
+
+
+# The oldest client transaction of this database that holds a snapshot, when older than the
+# limit: while it stays open, vacuum can remove none of the row versions the queue leaves
+# behind, and every claim walks them (a 30-minute soak at 500 jobs/s slowed to 100 jobs/s
+# behind one idle REPEATABLE READ transaction).
+OLDEST_SNAPSHOT = """
+SELECT pid, usename AS role, application_name AS application, client_addr::text AS client,
+       state, extract(epoch FROM now() - coalesce(xact_start, backend_start))::float8 AS seconds
+  FROM pg_stat_activity
+ WHERE backend_xmin IS NOT NULL
+   AND backend_type = 'client backend'
+   AND pid <> pg_backend_pid()
+   AND datname = current_database()
+   AND coalesce(xact_start, backend_start) < now() - %(older_than)s
+ ORDER BY coalesce(xact_start, backend_start)
+ LIMIT 1
+"""
+
+
+def oldest_snapshot(conn: psycopg.Connection[Any], older_than: timedelta) -> dict[str, Any] | None:
+    cursor = conn.cursor(row_factory=dict_row)
+    return cursor.execute(OLDEST_SNAPSHOT, {"older_than": older_than}).fetchone()
