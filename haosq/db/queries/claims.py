@@ -196,10 +196,14 @@ class Ack:
     due_at: datetime | None = None
 
 
+# The batch of acknowledgements as rows, from the one JSON parameter `ack_params` builds.
+ACK_BATCH = """json_to_recordset(%(acks)s::json)
+       AS a(id bigint, attempt int, status text, result json, error text, due_at timestamptz)"""
+
 # One statement per batch. The guard (status, owner token, attempt) is in the WHERE clause:
 # rows that no longer match are left alone and reported as refused. The batch travels as one
 # JSON document: one parameter to send, parsed in C on the server.
-ACK = """
+ACK = f"""
 UPDATE haosq.jobs j
    SET status = a.status,
        result = CASE WHEN a.status = 'completed' THEN coalesce(a.result::jsonb, 'null') ELSE j.result END,
@@ -209,8 +213,7 @@ UPDATE haosq.jobs j
        retry_at = CASE WHEN a.status = 'pending' THEN coalesce(a.due_at, now()) END,
        owner_token = CASE WHEN a.status = 'pending' THEN NULL ELSE j.owner_token END,
        updated_at = now()
-  FROM json_to_recordset(%(acks)s::json)
-       AS a(id bigint, attempt int, status text, result json, error text, due_at timestamptz)
+  FROM {ACK_BATCH}
  WHERE j.id = ANY(%(ids)s::bigint[])
    AND j.id = a.id
    AND j.status = 'processing'
@@ -237,21 +240,27 @@ def ack_jobs(conn: psycopg.Connection[Any], token: str, acks: Sequence[Ack]) -> 
     """Record the outcome of many attempts in one statement; returns the ids accepted."""
     if not acks:
         return set()
+    cursor = conn.cursor(row_factory=tuple_row)
+    send_acks(conn, cursor, token, acks)
+    return {r[0] for r in cursor.fetchall()}
+
+
+def send_acks(conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any], token: str,
+              acks: Sequence[Ack]) -> None:
+    """Execute the ACK on `cursor` (fetch from it afterwards) under its plan settings."""
     conn.execute(ACK_PLAN)
-    rows = conn.cursor(row_factory=tuple_row).execute(ACK, ack_params(token, acks)).fetchall()
+    cursor.execute(ACK, ack_params(token, acks))
     conn.execute(AFTER_ACK_PLAN)
-    return {r[0] for r in rows}
 
 
 # After a lost connection the worker cannot tell whether its last acknowledgement committed;
 # it sends it again, and the guard then refuses it if the first one went through. These are
 # the acks found already applied: a final status under this token and attempt, or a retry whose
 # exact due time (computed by this worker) is on the row.
-ALREADY_ACKNOWLEDGED = """
+ALREADY_ACKNOWLEDGED = f"""
 SELECT j.id
   FROM haosq.jobs j
-  JOIN json_to_recordset(%(acks)s::json)
-       AS a(id bigint, attempt int, status text, result json, error text, due_at timestamptz)
+  JOIN {ACK_BATCH}
     ON j.id = a.id
  WHERE j.id = ANY(%(ids)s::bigint[])
    AND ((a.status <> 'pending' AND j.status = a.status AND j.owner_token = %(token)s
@@ -480,9 +489,7 @@ def ack_and_claim(
         if before is not None:
             before(conn)
         if acks:
-            conn.execute(ACK_PLAN)
-            ack_cursor.execute(ACK, ack_params(token, acks))
-            conn.execute(AFTER_ACK_PLAN)
+            send_acks(conn, ack_cursor, token, acks)
         if limit:
             claim_cursor.execute(claim_query(type_filter), claim_params(
                 type_filter, limit, worker_id=worker_id, pid=pid, token=token, now=now))

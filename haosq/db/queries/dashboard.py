@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from haosq.db.queries.jobs import JobFilter, page_query
+from haosq.db.queries.jobs import JobFilter, page_query, summed_counts
 
 PENDING_TIMES = """
 SELECT (SELECT count(*) FROM haosq.jobs
@@ -131,9 +131,8 @@ def actionable_count_query(job_filter: JobFilter, action: str) -> tuple[sql.Comp
     index's predicate holds for a parameter's value."""
     where, params = job_filter.where()
     statuses = ["failed"] if action == "retry" else ["pending", "processing"]
-    counts = [sql.SQL("(SELECT count(*) FROM haosq.jobs WHERE {where} AND status = {status})").format(
-        where=where, status=sql.Literal(status)) for status in statuses]
-    return sql.SQL("SELECT {total} AS n").format(total=sql.SQL(" + ").join(counts)), params * len(statuses)
+    return summed_counts(where, params, [sql.SQL("status = {}").format(sql.Literal(status))
+                                         for status in statuses])
 
 
 def count_actionable(conn: psycopg.Connection[Any], job_filter: JobFilter, action: str) -> int:

@@ -236,13 +236,20 @@ def list_jobs(
     return conn.execute(query, params).fetchall()
 
 
+def summed_counts(
+    where: sql.Composable, params: list[Any], parts: Sequence[sql.Composable]
+) -> tuple[sql.Composable, list[Any]]:
+    """`SELECT (count of where AND part 1) + (count of where AND part 2) ... AS n`: one count
+    per part, so that each can read the partial index its part selects."""
+    counts = [sql.SQL("(SELECT count(*) FROM haosq.jobs WHERE {where} AND {part})").format(
+        where=where, part=part) for part in parts]
+    return sql.SQL("SELECT {sum} AS n").format(sum=sql.SQL(" + ").join(counts)), params * len(parts)
+
+
 def count_matching(conn: psycopg.Connection[Any], job_filter: JobFilter) -> int:
     where, params = job_filter.where()
-    halves = _halves(job_filter) or [sql.SQL("TRUE")]
-    counts = [sql.SQL("(SELECT count(*) FROM haosq.jobs WHERE {where} AND {half})").format(
-        where=where, half=half) for half in halves]
-    query = sql.SQL("SELECT {sum} AS n").format(sum=sql.SQL(" + ").join(counts))
-    row = conn.execute(query, params * len(halves)).fetchone()
+    query, all_params = summed_counts(where, params, _halves(job_filter) or [sql.SQL("TRUE")])
+    row = conn.execute(query, all_params).fetchone()
     return int(row["n"]) if row else 0
 
 
