@@ -1,6 +1,7 @@
 """Soak: a steady enqueue rate for a long time; does the queue stay small and fast?
 
-    python -m bench.soak [--minutes 30] [--rate 500] [--held-xmin] [--sample-seconds 30]
+    python -m bench.soak [--minutes 30] [--rate 500] [--held-xmin | --only-held-xmin]
+                         [--sample-seconds 30]
 
 A producer adds `--rate` no-op jobs per second (a COPY every 100 ms) while worker processes
 drain them. Every sample records the jobs completed since the last one, the size of the jobs
@@ -101,13 +102,16 @@ def main() -> None:
     parser.add_argument("--sample-seconds", type=float, default=30)
     parser.add_argument("--held-xmin", action="store_true",
                         help="then the same soak with a transaction holding the xmin horizon")
+    parser.add_argument("--only-held-xmin", action="store_true",
+                        help="only the soak with a transaction holding the xmin horizon")
     args = parser.parse_args()
     sample_seconds = min(args.sample_seconds, max(args.minutes * 60 / 6, 1))
     with scratch_database(migrated=False) as url:
         info = machine(url)
-    emit("soak", minutes=args.minutes, rate=args.rate,
-         **soak(args.minutes, args.rate, sample_seconds, False), machine=info)
-    if args.held_xmin:
+    if not args.only_held_xmin:
+        emit("soak", minutes=args.minutes, rate=args.rate,
+             **soak(args.minutes, args.rate, sample_seconds, False), machine=info)
+    if args.held_xmin or args.only_held_xmin:
         emit("soak.held_xmin", minutes=args.minutes, rate=args.rate,
              **soak(args.minutes, args.rate, sample_seconds, True), machine=info)
 

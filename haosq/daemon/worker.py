@@ -10,6 +10,13 @@ handlers. Each turn of the loop:
    poll interval elapsed, or the last claim filled every slot), claims up to that many jobs
    in one `FOR UPDATE SKIP LOCKED` statement and hands them to the threads.
 
+Claims start where this worker's last claim ended (`ClaimPosition`), not at the head of the
+queue: the index entries of claimed jobs linger until vacuum removes them (indefinitely while
+some transaction holds back the xmin horizon), and a claim from the head walks all of them.
+A claim from the head still runs regularly, for jobs that land behind the position: at
+most a twentieth of the loop's time goes to it, so it runs on almost every turn when it is
+cheap and rarely when the lingering entries make it dear.
+
 No transaction is open while a handler runs: the claim commits before the handler starts,
 the acknowledgement is a separate statement after it returns.
 
@@ -57,7 +64,7 @@ from haosq.daemon.execution import (
 )
 from haosq.db.connection import Database
 from haosq.db.queries import claims
-from haosq.db.queries.claims import Ack, TypeFilter
+from haosq.db.queries.claims import Ack, ClaimPosition, TypeFilter
 from haosq.db.queries.jobs import add_logs
 from haosq.errors import UnknownJobType
 from haosq.handlers.registry import REGISTRY, CancelEvent, JobContext, JobLogger, Registry
@@ -69,6 +76,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("haosq.worker")
 
 DB_RETRY_MAX_SECONDS = 2.0
+
+# A claim from the head of the queue is next allowed this many times its own duration after
+# it ended: claims from the head take at most 1/20 of the loop's time.
+HEAD_CLAIM_SPACING = 20
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,14 @@ class JobWorker:
         # When the earliest retry this worker scheduled falls due (monotonic), so that a short
         # backoff does not wait for the next poll.
         self._retry_due: float | None = None
+        # Where the last claim ended, when the next claim from the head is allowed
+        # (monotonic), and whether one is wanted then (a claim from the position came back
+        # short: jobs may be waiting behind it).
+        self._position: ClaimPosition | None = None
+        self._head_claim_ended = 0.0
+        self._head_claim_took = 0.0
+        self._head_claim_wanted = False
+        self.head_claim_spacing: float = HEAD_CLAIM_SPACING
 
         self.processed = 0
         self.succeeded = 0
@@ -291,6 +310,8 @@ class JobWorker:
                 if self._retry_due is not None and now >= self._retry_due:
                     self._want_claim = True
                     self._retry_due = None
+                if self._head_claim_wanted and now >= self._head_claim_at():
+                    self._want_claim = True
                 self._cycle()
                 self.first_cycle.set()
                 pause = 0.0
@@ -318,6 +339,8 @@ class JobWorker:
                 wait = min(wait, deadline - time.monotonic())
             if self._retry_due is not None:
                 wait = min(wait, self._retry_due - time.monotonic())
+            if self._head_claim_wanted:
+                wait = min(wait, self._head_claim_at() - time.monotonic())
             self._event.wait(max(wait, 0.001))
 
     def _cycle(self) -> None:
@@ -333,16 +356,19 @@ class JobWorker:
         generation = self._wake_generation
         accepted: set[int] = set()
         rows: list[Job] = []
+        started = time.monotonic()
+        after = self._position if started < self._head_claim_at() else None
         try:
             with self.database.connection() as conn:
                 followups = any(o.running.context.followups for o in outcomes)
                 if self._db_trouble or followups:
+                    after = None
                     accepted, rows = self._careful_cycle(conn, lines, outcomes, claim)
                 else:
                     accepted, rows = claims.ack_and_claim(
                         conn, self.identity.token, [o.ack for o in outcomes], self.type_filter,
                         claim, worker_id=self.identity.worker_id, pid=self.identity.pid,
-                        now=self._db_clock.now() if self._db_clock else None,
+                        now=self._db_clock.now() if self._db_clock else None, after=after,
                         before=(lambda c: add_logs(c, lines)) if lines else None,
                     )
         except BaseException:
@@ -354,12 +380,28 @@ class JobWorker:
         for outcome in outcomes:
             self._settle_outcome(outcome, outcome.running.job.id in accepted)
         if claim:
+            self._claimed(rows, claim, after, started)
             if len(rows) < claim and self._wake_generation == generation:
                 self._want_claim = False
             if rows:
                 log.info("claimed %d job(s)", len(rows))
             for job in rows:
                 self._dispatch(job)
+
+    def _claimed(self, rows: list[Job], asked: int, after: ClaimPosition | None,
+                 started: float) -> None:
+        """Move the claim position past these rows, and plan the next claim from the head."""
+        self._position = ClaimPosition.after(rows) or self._position
+        if after is None:
+            self._head_claim_ended = time.monotonic()
+            self._head_claim_took = self._head_claim_ended - started
+            self._head_claim_wanted = False
+        elif len(rows) < asked:
+            self._head_claim_wanted = True
+
+    def _head_claim_at(self) -> float:
+        """When the next claim from the head is allowed (monotonic)."""
+        return self._head_claim_ended + self.head_claim_spacing * self._head_claim_took
 
     def _dispatch(self, job: Job) -> None:
         spec = self.registry.find(job.type)

@@ -20,7 +20,7 @@ from haosq.daemon.execution import RetryPolicy, backoff_delay
 from haosq.daemon.service import WorkerService
 from haosq.daemon.worker import JobWorker
 from haosq.db.queries import claims
-from haosq.db.queries.claims import Ack, TypeFilter, explain_ack, explain_claim
+from haosq.db.queries.claims import Ack, ClaimPosition, TypeFilter, explain_ack, explain_claim
 from haosq.db.queries.jobs import database_now
 from haosq.errors import WorkerIdInUse
 from haosq.queue import JobQueue
@@ -67,6 +67,77 @@ def test_claim_plan_uses_the_partial_claim_index(queue: JobQueue, conn: psycopg.
             plan = explain_claim(conn, type_filter, 10)
             assert "Index Scan using jobs_claim" in plan, plan
             assert "Seq Scan" not in plan and "Bitmap" not in plan and "Sort" not in plan, plan
+
+
+ALL_TYPES = TypeFilter()
+
+
+def _claim(conn: psycopg.Connection, limit: int, after: ClaimPosition | None = None,
+           type_filter: TypeFilter = ALL_TYPES) -> list[Any]:
+    return claims.claim_jobs(conn, type_filter, limit, worker_id="w", pid=1,
+                             token="00000000-0000-0000-0000-0000000000dd", after=after)
+
+
+def test_a_claim_from_a_position_takes_higher_levels_then_the_rest_of_its_own_then_lower(
+    queue: JobQueue, conn: psycopg.Connection
+) -> None:
+    first = [queue.add("test:record", {"n": i}) for i in range(4)]
+    taken = _claim(conn, 2)
+    assert [j.id for j in taken] == [first[0].id, first[1].id]
+    position = ClaimPosition.after(taken)
+    assert position == ClaimPosition(0, taken[1].due_at, first[1].id)
+    urgent = queue.add("test:record", {"n": "urgent"}, priority=5)
+    lower = queue.add("test:record", {"n": "lower"}, priority=-5)
+    behind = queue.add("test:record", {"n": "behind"})
+    conn.execute("UPDATE haosq.jobs SET due_at = due_at - interval '1 minute' WHERE id = %s",
+                 (behind.id,))
+    other_type = queue.add("tfam:one", {"n": "other"}, priority=9)
+
+    # The limit holds across the ranges, taken in claim order: the level above first.
+    two = _claim(conn, 2, position, TypeFilter.from_selectors(["test"]))
+    assert sorted(j.id for j in two) == [first[2].id, urgent.id]
+    rest = _claim(conn, 10, ClaimPosition.after(two), TypeFilter.from_selectors(["test"]))
+    assert sorted(j.id for j in rest) == [first[3].id, lower.id]
+    # The job behind the position in its level was left to the claim from the head.
+    assert sorted(j.id for j in _claim(conn, 10)) == [behind.id, other_type.id]
+    assert ClaimPosition.after([]) is None
+
+
+def _claim_index_buffers(plan: str) -> int:
+    """Shared buffers the scans of `jobs_claim` touched (the index pages and the rows they
+    point to), summed over the scans of the plan."""
+    total, in_scan = 0, False
+    for line in plan.splitlines():
+        if "->" in line:
+            in_scan = "Index Scan using jobs_claim" in line
+        elif in_scan and "Buffers: shared hit=" in line:
+            total += int(line.split("shared hit=")[1].split()[0])
+    return total
+
+
+def test_a_claim_from_the_position_skips_what_a_held_snapshot_keeps_in_the_index(
+    queue: JobQueue, conn: psycopg.Connection, database_url: str
+) -> None:
+    # A transaction holding an old snapshot keeps the index entries of every job claimed
+    # since then: a claim from the head visits each of them, a claim from the position none.
+    queue.add_many([{"type": "test:record", "payload": {"n": i}} for i in range(12_000)])
+    conn.execute("ANALYZE haosq.jobs")
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT 1")
+        position = None
+        for _ in range(50):
+            position = ClaimPosition.after(_claim(conn, 200, position))
+        assert position is not None and position.job_id == 10_000
+        plans = {name: explain_claim(conn, TypeFilter(), 200, after=after, analyze=True)
+                 for name, after in (("head", None), ("position", position))}
+        for plan in plans.values():
+            assert "Index Scan using jobs_claim" in plan and "Seq Scan" not in plan, plan
+        assert "(due_at, id) >" in plans["position"].replace("ROW(", "(") \
+            or "ROW(due_at, id) >" in plans["position"], plans["position"]
+        head = _claim_index_buffers(plans["head"])
+        from_position = _claim_index_buffers(plans["position"])
+        assert from_position * 10 < head, (head, from_position)
 
 
 def test_ack_plan_joins_the_batch_in_one_pass(queue: JobQueue, conn: psycopg.Connection) -> None:
@@ -118,6 +189,28 @@ def test_an_ack_sent_again_after_a_lost_answer_is_recognised_as_applied(
     assert claims.already_acknowledged(conn, token, acks) == {done.id, retried.id}
     assert claims.already_acknowledged(
         conn, token, [Ack(other.id, other.attempts + 1, "completed", result_json="null")]) == set()
+
+
+def test_jobs_behind_the_claim_position_wait_for_the_claim_from_the_head(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    service = start_worker(overrides={"worker.concurrency": 1, "worker.types": "test:record"})
+    # Claims from the head are spaced so far apart that only claims from the position run.
+    service.worker.head_claim_spacing = 1e9
+    first = queue.add("test:record", {"n": 1})
+    wait_status(conn, first.id, "completed")
+    earlier = database_now(conn) - timedelta(minutes=1)
+    queue.add_many([
+        {"type": "test:record", "payload": {"n": 2}, "scheduled_at": earlier},
+        {"type": "test:record", "payload": {"n": 3}}])
+    behind, ahead = (conn.execute("SELECT id FROM haosq.jobs WHERE payload->>'n' = %s",
+                                  (n,)).fetchone()["id"] for n in ("2", "3"))
+    wait_status(conn, ahead, "completed")
+    assert job_row(conn, behind)["status"] == "pending"
+    # Once a claim from the head is allowed again, the short claim before asks for one.
+    service.worker.head_claim_spacing = 0
+    wait_status(conn, behind, "completed")
+    assert [r["n"] for r in executions(conn)] == [1, 3, 2]
 
 
 def test_priority_then_due_time_then_id_and_scheduled_jobs_wait(

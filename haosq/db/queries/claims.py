@@ -31,21 +31,14 @@ CLAIM_COLUMNS = (
     "cancel_requested_at, created_at, updated_at"
 )
 
-# One statement: pick runnable rows in claim order from the partial index `jobs_claim`
-# (priority DESC, due_at, id WHERE status = 'pending'), skipping rows another worker is
-# locking, and mark them ours. `due_at <= coalesce($now, now())`: the database clock in
+# Runnable rows of the filter's types (`{type_filter}`), due by `now`: the database clock in
 # production, an injected clock in tests.
-CLAIM = sql.SQL(
-    """WITH next AS (
-    SELECT id
-      FROM haosq.jobs
-     WHERE status = 'pending'
+RUNNABLE = """status = 'pending'
        AND due_at <= coalesce(%(now)s::timestamptz, now())
-       AND {type_filter}
-     ORDER BY priority DESC, due_at, id
-     LIMIT %(limit)s
-     FOR UPDATE SKIP LOCKED
-)
+       AND {type_filter}"""
+
+# Mark the rows `next` picked as ours.
+TAKE = """
 UPDATE haosq.jobs j
    SET status = 'processing', attempts = j.attempts + 1, started_at = now(),
        completed_at = NULL, worker_id = %(worker_id)s, worker_pid = %(pid)s,
@@ -53,7 +46,85 @@ UPDATE haosq.jobs j
   FROM next
  WHERE j.id = next.id
 RETURNING {columns}"""
+
+# The claim from the head: runnable rows in claim order from the partial index `jobs_claim`
+# (priority DESC, due_at, id WHERE status = 'pending'), skipping rows another worker is
+# locking.
+CLAIM = sql.SQL(
+    """WITH next AS (
+    SELECT id
+      FROM haosq.jobs
+     WHERE """ + RUNNABLE + """
+     ORDER BY priority DESC, due_at, id
+     LIMIT %(limit)s
+     FOR UPDATE SKIP LOCKED
+)""" + TAKE
 )
+
+# The claim from where this worker's last claim ended (`ClaimPosition`). The index entries
+# of claimed jobs stay in `jobs_claim` until vacuum removes them, and while a transaction
+# anywhere holds back the xmin horizon nothing removes them: a claim from the head then
+# visits every job claimed since that snapshot, one heap fetch each, and slows down without
+# bound. This claim starts its scan at the position instead, in three ranges of the same
+# index, taken in claim order until `limit` rows are locked: the levels above the position's
+# priority (new urgent work), the rest of its own level, then the levels below it. Jobs that
+# land behind the position in its own level (a job rescued or released with its old due
+# time, an enqueue whose transaction started earlier but committed later, a row skipped
+# while another claim had it locked) are the head claim's: the worker runs one regularly.
+CLAIM_AFTER = sql.SQL(
+    """WITH above AS MATERIALIZED (
+    SELECT id
+      FROM haosq.jobs
+     WHERE """ + RUNNABLE + """
+       AND priority > %(after_priority)s
+     ORDER BY priority DESC, due_at, id
+     LIMIT %(limit)s
+     FOR UPDATE SKIP LOCKED
+), level AS MATERIALIZED (
+    SELECT id
+      FROM haosq.jobs
+     WHERE """ + RUNNABLE + """
+       AND priority = %(after_priority)s
+       AND (due_at, id) > (%(after_due_at)s::timestamptz, %(after_id)s::bigint)
+     ORDER BY priority DESC, due_at, id
+     LIMIT %(limit)s - (SELECT count(*) FROM above)
+     FOR UPDATE SKIP LOCKED
+), below AS MATERIALIZED (
+    SELECT id
+      FROM haosq.jobs
+     WHERE """ + RUNNABLE + """
+       AND priority < %(after_priority)s
+     ORDER BY priority DESC, due_at, id
+     LIMIT %(limit)s - (SELECT count(*) FROM above) - (SELECT count(*) FROM level)
+     FOR UPDATE SKIP LOCKED
+), next AS (
+    SELECT id FROM above UNION ALL SELECT id FROM level UNION ALL SELECT id FROM below
+)""" + TAKE
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimPosition:
+    """Where a claim ended: the key, in claim order, of the last job it took."""
+
+    priority: int
+    due_at: datetime
+    job_id: int
+
+    @classmethod
+    def after(cls, jobs: Sequence[Job]) -> ClaimPosition | None:
+        """The position after these claimed jobs (None for none)."""
+        if not jobs:
+            return None
+        last = max(jobs, key=_claim_order)
+        assert last.due_at is not None  # claimed rows always carry it
+        return cls(last.priority, last.due_at, last.id)
+
+
+def _claim_order(job: Job) -> tuple[int, datetime, int]:
+    assert job.due_at is not None
+    return (-job.priority, job.due_at, job.id)
+
 
 _ALL_TYPES = sql.SQL("TRUE")
 
@@ -131,10 +202,11 @@ def _type_clause(type_filter: TypeFilter) -> sql.Composable:
 
 
 @functools.lru_cache(maxsize=64)
-def claim_query(type_filter: TypeFilter) -> str:
-    """The claim statement for a filter, composed and rendered once (the claim loop runs it
-    every turn; a `Composed` would be rendered again at every execution)."""
-    return CLAIM.format(
+def claim_query(type_filter: TypeFilter, after: bool = False) -> str:
+    """The claim statement for a filter, from the head or from a position (`after`),
+    composed and rendered once (the claim loop runs it every turn; a `Composed` would be
+    rendered again at every execution)."""
+    return (CLAIM_AFTER if after else CLAIM).format(
         type_filter=_type_clause(type_filter),
         columns=sql.SQL(", ").join(sql.SQL("j.") + sql.SQL(c.strip()) for c in CLAIM_COLUMNS.split(",")),
     ).as_string(None)
@@ -142,12 +214,15 @@ def claim_query(type_filter: TypeFilter) -> str:
 
 def claim_params(
     type_filter: TypeFilter, limit: int, *, worker_id: str, pid: int, token: str,
-    now: datetime | None,
+    now: datetime | None, after: ClaimPosition | None = None,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {
         "now": now, "limit": limit, "worker_id": worker_id, "pid": pid, "token": token,
         "types": list(type_filter.types),
     }
+    if after is not None:
+        params.update(after_priority=after.priority, after_due_at=after.due_at,
+                      after_id=after.job_id)
     for index, family in enumerate(type_filter.families):
         params[f"family_low_{index}"] = f"{family}:"
         params[f"family_high_{index}"] = f"{family};"
@@ -163,19 +238,27 @@ def claim_jobs(
     pid: int,
     token: str,
     now: datetime | None = None,
+    after: ClaimPosition | None = None,
 ) -> list[Job]:
-    """Claim up to `limit` runnable jobs (attempts already counted)."""
-    params = claim_params(type_filter, limit, worker_id=worker_id, pid=pid, token=token, now=now)
-    return claimed_cursor(conn).execute(claim_query(type_filter), params).fetchall()
+    """Claim up to `limit` runnable jobs (attempts already counted): from the head of the
+    queue, or from a position (see CLAIM_AFTER)."""
+    params = claim_params(type_filter, limit, worker_id=worker_id, pid=pid, token=token, now=now,
+                          after=after)
+    return claimed_cursor(conn).execute(claim_query(type_filter, after is not None), params).fetchall()
 
 
-def explain_claim(conn: psycopg.Connection[Any], type_filter: TypeFilter, limit: int) -> str:
-    """The plan of the claim statement as the worker runs it (for the test that checks it
-    stays on `jobs_claim`)."""
+def explain_claim(
+    conn: psycopg.Connection[Any], type_filter: TypeFilter, limit: int, *,
+    after: ClaimPosition | None = None, analyze: bool = False,
+) -> str:
+    """The plan of the claim statement as the worker runs it (for the tests that check it
+    stays on `jobs_claim`). With `analyze`, the claim runs (and is rolled back) and the plan
+    reports the buffers it touched."""
     params = claim_params(type_filter, limit, worker_id="explain", pid=0,
-                          token="00000000-0000-0000-0000-000000000000", now=None)
-    query = "EXPLAIN " + claim_query(type_filter)
-    with conn.transaction():
+                          token="00000000-0000-0000-0000-000000000000", now=None, after=after)
+    options = "(ANALYZE, BUFFERS) " if analyze else ""
+    query = f"EXPLAIN {options}" + claim_query(type_filter, after is not None)
+    with conn.transaction(force_rollback=True):
         pin_plans(conn)  # as the claim loop runs it
         rows = conn.execute(query, params).fetchall()
     return "\n".join(str(next(iter(r.values())) if isinstance(r, dict) else r[0]) for r in rows)
@@ -468,6 +551,7 @@ def ack_and_claim(
     worker_id: str,
     pid: int,
     now: datetime | None = None,
+    after: ClaimPosition | None = None,
     before: Callable[[psycopg.Connection[Any]], None] | None = None,
 ) -> tuple[set[int], list[Job]]:
     """The claim loop's one round trip: `before(conn)` (e.g. writing job logs), the batch
@@ -491,8 +575,9 @@ def ack_and_claim(
         if acks:
             send_acks(conn, ack_cursor, token, acks)
         if limit:
-            claim_cursor.execute(claim_query(type_filter), claim_params(
-                type_filter, limit, worker_id=worker_id, pid=pid, token=token, now=now))
+            claim_cursor.execute(claim_query(type_filter, after is not None), claim_params(
+                type_filter, limit, worker_id=worker_id, pid=pid, token=token, now=now,
+                after=after))
     accepted = {r[0] for r in ack_cursor.fetchall()} if acks else set()
     rows = claim_cursor.fetchall() if limit else []
     return accepted, rows
