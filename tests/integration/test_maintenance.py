@@ -199,6 +199,36 @@ def test_vacuum_stands_in_for_autovacuum(settings, database, clock, conn):
     assert (result == {}) if server_autovacuum else (result["vacuumed"]["jobs"] >= 6000)
 
 
+def test_vacuum_is_not_repeated_while_the_same_transaction_holds_it_back(
+    settings, database, clock, conn, database_url
+):
+    conn.execute("ALTER TABLE haosq.jobs SET (autovacuum_enabled = false)")
+    duty = make_duty(settings, database, clock, vacuum_always=True)
+
+    def vacuum_runs() -> int:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute("SELECT vacuum_count FROM pg_stat_user_tables "
+                            "WHERE relid = 'haosq.jobs'::regclass").fetchone()["vacuum_count"]
+
+    with psycopg.connect(database_url) as holder:
+        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM haosq.jobs")  # the snapshot, kept while idle
+        make_dead_rows(conn)
+        dead_rows(conn, 6000)
+        assert duty.vacuum(NOW)["vacuumed"]["jobs"] >= 6000  # first time: it may remove some
+        assert vacuum_runs() == 1
+        make_dead_rows(conn)
+        dead_rows(conn, 12000)
+        result = duty.vacuum(NOW)
+        # Nothing the holder keeps can go: the second vacuum is left out, and says why.
+        assert "jobs" not in result.get("vacuumed", {}) and result["held_back"]["jobs"] >= 12000
+        assert vacuum_runs() == 1
+        holder.rollback()
+    result = duty.vacuum(NOW)
+    assert result["vacuumed"]["jobs"] >= 12000 and "held_back" not in result
+    assert vacuum_runs() == 2 and dead_rows(conn, 0) == 0
+
+
 def test_a_transaction_holding_back_vacuum_is_named(settings, database, clock, database_url,
                                                      caplog):
     duty = make_duty(settings, database, clock, snapshot_warn_after=timedelta(0))

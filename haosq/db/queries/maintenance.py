@@ -134,6 +134,36 @@ def vacuum_table(conn: psycopg.Connection[Any], name: str) -> None:
     conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier("haosq", name)))
 
 
+# The transaction id that vacuum cannot remove row versions past: the oldest snapshot or
+# write transaction of this database, of a standby's feedback or a replication slot, or a
+# prepared transaction. While it stays the same, a second vacuum can remove nothing the
+# first could not, and only reads the whole table and its indexes again.
+VACUUM_HORIZON = """
+SELECT held::text AS horizon FROM (
+    SELECT backend_xmin AS held FROM pg_stat_activity
+     WHERE pid <> pg_backend_pid() AND (datname = current_database() OR datname IS NULL)
+    UNION ALL
+    SELECT backend_xid FROM pg_stat_activity
+     WHERE pid <> pg_backend_pid() AND (datname = current_database() OR datname IS NULL)
+    UNION ALL
+    SELECT xmin FROM pg_replication_slots
+    UNION ALL
+    SELECT catalog_xmin FROM pg_replication_slots
+    UNION ALL
+    SELECT transaction FROM pg_prepared_xacts
+) AS holders
+ WHERE held IS NOT NULL
+ ORDER BY age(held) DESC
+ LIMIT 1
+"""
+
+
+def vacuum_horizon(conn: psycopg.Connection[Any]) -> str | None:
+    """The oldest transaction id another session holds (None: nothing holds one)."""
+    row = conn.cursor(row_factory=dict_row).execute(VACUUM_HORIZON).fetchone()
+    return None if row is None else str(row["horizon"])
+
+
 # The oldest client transaction of this database that holds a snapshot, when older than the
 # limit: while it stays open, vacuum can remove none of the row versions the queue leaves
 # behind, and every claim walks them (a 30-minute soak at 500 jobs/s slowed to 100 jobs/s
