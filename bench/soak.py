@@ -59,7 +59,7 @@ def soak(minutes: float, rate: int, sample_seconds: float, held_xmin: bool) -> d
     with scratch_database() as url:
         holder = None
         if held_xmin:
-            holder = psycopg.connect(url)
+            holder = psycopg.connect(url, autocommit=True)
             holder.execute("SET idle_in_transaction_session_timeout = 0")
             holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             holder.execute("SELECT count(*) FROM haosq.workers")  # takes the snapshot

@@ -187,6 +187,8 @@ class JobWorker:
         self.failed = 0
         self.refused_acks = 0
         self.loop_alive_at: datetime | None = None
+        # Turns of the claim loop since start (a loop that spins shows here).
+        self.loop_turns = 0
         # Set once the first claim round trip succeeded: the service reports READY=1 after it.
         self.first_cycle = threading.Event()
         self._queue: Any = None
@@ -299,6 +301,7 @@ class JobWorker:
         while True:
             self._event.clear()
             self.loop_alive_at = datetime.now(UTC)
+            self.loop_turns += 1
             if pause:
                 time.sleep(pause)
             try:
@@ -340,7 +343,10 @@ class JobWorker:
             if self._retry_due is not None:
                 wait = min(wait, self._retry_due - time.monotonic())
             if self._head_claim_wanted:
-                wait = min(wait, self._head_claim_at() - time.monotonic())
+                # Once due, the claim waits for a free slot (whose job's end wakes the loop).
+                head_claim_in = self._head_claim_at() - time.monotonic()
+                if head_claim_in > 0:
+                    wait = min(wait, head_claim_in)
             self._event.wait(max(wait, 0.001))
 
     def _cycle(self) -> None:

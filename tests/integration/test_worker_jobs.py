@@ -225,6 +225,28 @@ def test_jobs_behind_the_claim_position_wait_for_the_claim_from_the_head(
     assert [r["n"] for r in executions(conn)] == [1, 3, 2]
 
 
+def test_a_claim_from_the_head_waiting_for_a_free_slot_does_not_spin_the_loop(
+    queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
+) -> None:
+    service = start_worker(overrides={"worker.concurrency": 2, "worker.types": "test"})
+    worker = service.worker
+    worker.head_claim_spacing = 1e9
+    queue.add("test:record", {"n": 1})
+    wait_until(lambda: len(executions(conn)) == 1, message="the first job")
+    # A claim from the position asks for two jobs and gets one: a claim from the head is
+    # wanted. The next job fills the other slot before it is allowed.
+    first_slow = queue.add("test:slow", {"n": 2, "seconds": 1.5})
+    wait_status(conn, first_slow.id, "processing")
+    second_slow = queue.add("test:slow", {"n": 3, "seconds": 1.5})
+    wait_status(conn, second_slow.id, "processing")
+    worker.head_claim_spacing = 0  # now due, with no slot free
+    turns = worker.loop_turns
+    time.sleep(0.5)
+    # Polls every 50 ms: about ten turns, not one per millisecond.
+    assert worker.loop_turns - turns < 40
+    wait_status(conn, second_slow.id, "completed")
+
+
 def test_priority_then_due_time_then_id_and_scheduled_jobs_wait(
     queue: JobQueue, conn: psycopg.Connection, start_worker: Callable[..., WorkerService]
 ) -> None:
