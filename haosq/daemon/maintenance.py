@@ -403,8 +403,8 @@ class MaintenanceDuty:
         minutes = held["seconds"] / 60
         log.warning(
             "a transaction has held a snapshot for %.0f min (pid %s, role %s, application %r, "
-            "client %s, %s): vacuum cannot remove the rows finished jobs leave behind, and "
-            "claims slow down as they pile up; end it (COMMIT, or SELECT "
+            "client %s, %s): vacuum cannot remove the row versions finished jobs leave "
+            "behind, so the queue's tables and indexes grow until it ends; end it (COMMIT, or SELECT "
             "pg_terminate_backend(%s)) and consider idle_in_transaction_session_timeout",
             minutes, held["pid"], held["role"] or "?", held["application"] or "",
             held["client"] or "local", held["state"] or "?", held["pid"])

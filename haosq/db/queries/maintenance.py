@@ -166,8 +166,7 @@ def vacuum_horizon(conn: psycopg.Connection[Any]) -> str | None:
 
 # The oldest client transaction of this database that holds a snapshot, when older than the
 # limit: while it stays open, vacuum can remove none of the row versions the queue leaves
-# behind, and every claim walks them (a 30-minute soak at 500 jobs/s slowed to 100 jobs/s
-# behind one idle REPEATABLE READ transaction).
+# behind (two per job), and the tables and indexes grow by them until it ends.
 OLDEST_SNAPSHOT = """
 SELECT pid, usename AS role, application_name AS application, client_addr::text AS client,
        state, extract(epoch FROM now() - coalesce(xact_start, backend_start))::float8 AS seconds
