@@ -47,19 +47,23 @@ UPDATE haosq.jobs j
  WHERE j.id = next.id
 RETURNING {columns}"""
 
-# The claim from the head: runnable rows in claim order from the partial index `jobs_claim`
-# (priority DESC, due_at, id WHERE status = 'pending'), skipping rows another worker is
-# locking.
-CLAIM = sql.SQL(
-    """WITH next AS (
+
+def _pick(name: str, *, within: str = "", limit: str = "%(limit)s", materialized: bool = True) -> str:
+    """A CTE locking up to `limit` runnable rows (`within` a range of them) in claim order,
+    as the partial index `jobs_claim` (priority DESC, due_at, id WHERE status = 'pending')
+    holds them, skipping rows another worker is locking."""
+    return f"""{name} AS {"MATERIALIZED " if materialized else ""}(
     SELECT id
       FROM haosq.jobs
-     WHERE """ + RUNNABLE + """
+     WHERE {RUNNABLE}{within}
      ORDER BY priority DESC, due_at, id
-     LIMIT %(limit)s
+     LIMIT {limit}
      FOR UPDATE SKIP LOCKED
-)""" + TAKE
-)
+)"""
+
+
+# The claim from the head.
+CLAIM = sql.SQL("WITH " + _pick("next", materialized=False) + TAKE)
 
 # The claim from where this worker's last claim ended (`ClaimPosition`). The index entries
 # of claimed jobs stay in `jobs_claim` until vacuum removes them, and while a transaction
@@ -71,36 +75,15 @@ CLAIM = sql.SQL(
 # land behind the position in its own level (a job rescued or released with its old due
 # time, an enqueue whose transaction started earlier but committed later, a row skipped
 # while another claim had it locked) are the head claim's: the worker runs one regularly.
-CLAIM_AFTER = sql.SQL(
-    """WITH above AS MATERIALIZED (
-    SELECT id
-      FROM haosq.jobs
-     WHERE """ + RUNNABLE + """
-       AND priority > %(after_priority)s
-     ORDER BY priority DESC, due_at, id
-     LIMIT %(limit)s
-     FOR UPDATE SKIP LOCKED
-), level AS MATERIALIZED (
-    SELECT id
-      FROM haosq.jobs
-     WHERE """ + RUNNABLE + """
-       AND priority = %(after_priority)s
-       AND (due_at, id) > (%(after_due_at)s::timestamptz, %(after_id)s::bigint)
-     ORDER BY priority DESC, due_at, id
-     LIMIT %(limit)s - (SELECT count(*) FROM above)
-     FOR UPDATE SKIP LOCKED
-), below AS MATERIALIZED (
-    SELECT id
-      FROM haosq.jobs
-     WHERE """ + RUNNABLE + """
-       AND priority < %(after_priority)s
-     ORDER BY priority DESC, due_at, id
-     LIMIT %(limit)s - (SELECT count(*) FROM above) - (SELECT count(*) FROM level)
-     FOR UPDATE SKIP LOCKED
-), next AS (
-    SELECT id FROM above UNION ALL SELECT id FROM level UNION ALL SELECT id FROM below
-)""" + TAKE
-)
+CLAIM_AFTER = sql.SQL("WITH " + ",\n".join([
+    _pick("above", within="\n       AND priority > %(after_priority)s"),
+    _pick("level", within="\n       AND priority = %(after_priority)s"
+                          "\n       AND (due_at, id) > (%(after_due_at)s::timestamptz, %(after_id)s::bigint)",
+          limit="%(limit)s - (SELECT count(*) FROM above)"),
+    _pick("below", within="\n       AND priority < %(after_priority)s",
+          limit="%(limit)s - (SELECT count(*) FROM above) - (SELECT count(*) FROM level)"),
+    "next AS (\n    SELECT id FROM above UNION ALL SELECT id FROM level UNION ALL SELECT id FROM below\n)",
+]) + TAKE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +99,12 @@ class ClaimPosition:
         """The position after these claimed jobs (None for none)."""
         if not jobs:
             return None
-        last = max(jobs, key=_claim_order)
-        assert last.due_at is not None  # claimed rows always carry it
-        return cls(last.priority, last.due_at, last.id)
+        priority, due_at, job_id = max(map(_claim_order, jobs))
+        return cls(-priority, due_at, job_id)
 
 
 def _claim_order(job: Job) -> tuple[int, datetime, int]:
-    assert job.due_at is not None
+    assert job.due_at is not None  # claimed rows always carry it
     return (-job.priority, job.due_at, job.id)
 
 
