@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import psycopg
@@ -330,9 +333,44 @@ def load_entry_points() -> list[str]:
 
 
 def import_modules(names: Iterable[str]) -> None:
-    """`--import MODULE`: import modules that register handlers."""
+    """`--import MODULE`: import modules that register handlers.
+
+    The current directory comes first on the import path, as with `python -m` and
+    `celery -A`: a worker started in a project directory finds the project's modules (the
+    console script alone would put only its own bin directory there). Process-executor
+    children inherit the path."""
+    names = list(names)
+    if names:
+        _put_current_directory_on_path()
     for name in names:
         try:
             importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import handler module {name!r}: {exc}") from None
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (name == exc.name or name.startswith(f"{exc.name}.")):
+                raise ConfigError(
+                    f"cannot import handler module {name!r}: No module named {exc.name!r} "
+                    f"(looked in {Path.cwd()} and the installed packages)"
+                ) from None
+            raise ConfigError(_failed_import(name, exc)) from None
+        except Exception as exc:  # anything the module raises while it is imported
+            raise ConfigError(_failed_import(name, exc)) from None
+
+
+def _put_current_directory_on_path() -> None:
+    cwd = str(Path.cwd())
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _failed_import(name: str, exc: BaseException) -> str:
+    """One line: the module, the inner error, and where in the project it was raised."""
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" ({exc.filename}, line {exc.lineno})"
+    elif frames:
+        inner = [f for f in frames if "importlib" not in f.filename] or frames
+        where = f" ({inner[-1].filename}, line {inner[-1].lineno})"
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return f"handler module {name!r} failed to import: {detail}{where}"
