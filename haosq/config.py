@@ -114,10 +114,12 @@ _BY_KEY = {option.key: option for option in OPTIONS}
 
 
 def default_data_dir() -> Path:
-    """Root keeps the embedded server in /var/lib so that no home directory gets opened up;
-    everyone else uses their own data directory."""
+    """Where the embedded server keeps its data: the user's data directory. Root's server
+    runs as a system user of its own, which could not enter /root, so root's data lives under
+    /var/lib; not in /var/lib/haosq, the StateDirectory= of the haosq-worker@ units, which
+    systemd owns and hands to each unit's dynamic user."""
     if os.geteuid() == 0:
-        return Path("/var/lib/haosq")
+        return Path("/var/lib/haosq-embedded")
     return Path(platformdirs.user_data_dir("haosq"))
 
 

@@ -3,7 +3,8 @@
 Enqueues a mix of `demo:*` jobs under a tag of its own (echo, sleep, some that fail and then
 succeed on a retry, one permanent failure, one scheduled a few seconds ahead), runs a worker
 in this process until all of them are finished, with a progress bar, then prints the stats.
-Without DATABASE_URL it uses the embedded PostgreSQL server.
+Without DATABASE_URL it uses the embedded PostgreSQL server, says where its data is, and
+that the server keeps running afterwards (`haosq db stop` stops it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from haosq.cli.common import console, state
 from haosq.cli.jobs import stats
+from haosq.db.embedded import embedded_pgdata
 from haosq.db.queries.jobs import JobFilter
 from haosq.errors import HaosqError
 from haosq.queue import JobSpec
@@ -57,8 +59,10 @@ def demo(
     logging.getLogger("haosq").setLevel(logging.WARNING)
     tag = f"demo-{uuid.uuid4().hex[:8]}"
     queue = cli.queue
-    where = "the configured database" if cli.settings.database_url else "the embedded server"
-    console.print(f"haosq demo: {where}, tag {tag}", markup=False)
+    embedded = not cli.settings.database_url
+    pgdata = embedded_pgdata(cli.settings).absolute()
+    where = f"the embedded PostgreSQL server, data in {pgdata}" if embedded else "the configured database"
+    console.print(f"haosq demo: {where}, tag {tag}", markup=False, soft_wrap=True)
     specs = demo_jobs(tag, count)
     queue.add_many(specs)
     scheduled = queue.add("demo:echo", {"value": "I was scheduled"}, tags=[tag],
@@ -107,6 +111,9 @@ def demo(
         markup=False,
     )
     stats(ctx)
+    if embedded:
+        console.print(f"The embedded server keeps running for the next haosq command (data in "
+                      f"{pgdata}); stop it with: haosq db stop", markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -34,14 +34,19 @@ def test_embedded_server_is_started_shared_and_stopped(tmp_path):
     assert added.stdout.startswith("added job 1 ")
     status = haosq("db", "status", "--json")
     assert '"embedded_running": true' in status.stdout
+    assert f'"embedded_data_dir": "{data}"' in status.stdout
+    shown = haosq("db", "status").stdout
+    assert f"data dir {data} (from HAOSQ_DATA_DIR)" in shown
+    assert "embedded server: running (pid " in shown and ", started " in shown
     # A second command reuses the running server and sees the first one's job.
     listed = haosq("jobs", "list", "--json")
     assert '"type": "demo:echo"' in listed.stdout
     url = haosq("db", "url")
     assert url.stdout.startswith("postgresql://postgres@/haosq?host=")
     stopped = haosq("db", "stop")
-    assert stopped.stdout.strip() == "embedded server stopped"
-    assert "stopped" in haosq("db", "status").stdout
+    assert stopped.stdout.startswith("embedded server stopped (pid ")
+    assert f"data dir {data} (from HAOSQ_DATA_DIR)" in stopped.stdout
+    assert "embedded server: stopped" in haosq("db", "status").stdout
     # Data survives a stop: the next command starts the server again.
     again = haosq("jobs", "list", "--json")
     assert '"type": "demo:echo"' in again.stdout
@@ -95,7 +100,7 @@ def test_embedded_server_as_an_ordinary_user_without_runtime_dir():
         assert data.is_dir()
         assert data.stat().st_uid == home.stat().st_uid  # the server runs as the user, in their dir
     finally:
-        assert haosq("db", "stop").stdout.strip() == "embedded server stopped"
+        assert haosq("db", "stop").stdout.startswith("embedded server stopped (pid ")
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -108,3 +113,27 @@ def test_a_long_lived_process_restarts_a_server_stopped_under_it(throwaway_serve
     throwaway_server.start()  # same process: the wheel's cached handle must not fool it
     with psycopg.connect(throwaway_server.url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_demo_on_the_embedded_server_says_where_its_data_is_and_how_to_stop_it(tmp_path):
+    data = embedded_data_dir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HAOSQ_", "JOB_QUEUE_")) and k != "DATABASE_URL"}
+    empty = tmp_path / "none.toml"
+    empty.write_text("")
+    env.update(HAOSQ_DATA_DIR=str(data), HAOSQ_CONFIG=str(empty))
+    try:
+        done = subprocess.run([sys.executable, "-m", "haosq", "demo", "--count", "2",
+                               "--schedule-delay", "0"], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        out = " ".join(done.stdout.split())
+        assert f"the embedded PostgreSQL server, data in {data / 'pg'}" in out
+        assert (f"The embedded server keeps running for the next haosq command (data in "
+                f"{data / 'pg'}); stop it with: haosq db stop") in out
+        running = subprocess.run([sys.executable, "-m", "haosq", "db", "status", "--json"], env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert '"embedded_running": true' in running.stdout  # it did keep running
+    finally:
+        subprocess.run([sys.executable, "-m", "haosq", "db", "stop"], env=env, timeout=60)
+        shutil.rmtree(data, ignore_errors=True)

@@ -26,3 +26,14 @@ def test_demo_runs_every_job_to_its_end_and_prints_stats(
     assert len(failed) == 1 and failed[0]["payload"]["permanent"] is True
     retried = [r for r in rows if r["type"] == "demo:fail" and r["status"] == "completed"]
     assert retried and all(r["attempts"] >= 2 for r in retried)
+
+
+def test_demo_on_a_configured_database_does_not_speak_of_an_embedded_server(
+    cli_env: dict[str, str],
+) -> None:
+    done = subprocess.run([sys.executable, "-m", "haosq", "demo", "--count", "1",
+                           "--schedule-delay", "0"], env=cli_env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "haosq demo: the configured database" in done.stdout
+    assert "embedded" not in done.stdout
