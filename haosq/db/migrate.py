@@ -7,11 +7,15 @@ apply the pending migrations while the others wait and then find nothing left to
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from haosq.errors import ConfigError
 
 # An arbitrary constant that names "haosq migrations" among advisory locks.
 MIGRATION_LOCK_KEY = 0x6861_6F73_71
@@ -46,35 +50,74 @@ def _first(row: Any) -> Any:
     return next(iter(row.values())) if isinstance(row, dict) else row[0]
 
 
-def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
-    """Apply the migrations this database lacks; return the ones applied here."""
-    wanted = available_migrations()
+def migrate(conn: psycopg.Connection[Any], migrations: Sequence[Migration] | None = None) -> list[Migration]:
+    """Apply the migrations this database lacks (of `migrations`, by default every one that
+    ships with haosq); return the ones applied here.
+
+    Once `haosq roles create` has handed the schema to the admin role, migrations run as
+    the schema's owner (`SET LOCAL ROLE`) whoever of its members (or a superuser) starts
+    them, so that every object they create belongs to that role too: later migrations can
+    alter it, and the default privileges given for that role reach the other roles.
+    """
+    wanted = sorted(available_migrations() if migrations is None else migrations,
+                    key=lambda m: m.version)
     if {m.version for m in wanted} <= applied_versions(conn):
         return []
     applied: list[Migration] = []
-    # On an autocommit connection this is one transaction; otherwise it joins the caller's.
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        conn.execute("CREATE SCHEMA IF NOT EXISTS haosq")
-        conn.execute(
-            """CREATE TABLE IF NOT EXISTS haosq.schema_migrations (
-                   version    integer PRIMARY KEY,
-                   name       text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        done = applied_versions(conn)
-        for migration in wanted:
-            if migration.version in done:
-                continue
-            conn.execute(migration.sql.encode())
+    try:
+        # On an autocommit connection this is one transaction; otherwise it joins the caller's.
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            _become_schema_owner(conn)
             conn.execute(
-                "INSERT INTO haosq.schema_migrations (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
+                """CREATE TABLE IF NOT EXISTS haosq.schema_migrations (
+                       version    integer PRIMARY KEY,
+                       name       text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            applied.append(migration)
+            done = applied_versions(conn)
+            for migration in wanted:
+                if migration.version in done:
+                    continue
+                conn.execute(migration.sql.encode())
+                conn.execute(
+                    "INSERT INTO haosq.schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+                applied.append(migration)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        missing = ", ".join(f"{m.version:04d}_{m.name}" for m in wanted
+                            if m.version not in applied_versions(conn))
+        user = _first(conn.execute("SELECT current_user").fetchone())
+        reason = str(exc).strip().splitlines()[0]
+        raise ConfigError(
+            f"the database needs migrations ({missing}) that the role {user} may not apply "
+            f"({reason}): run `haosq migrate` as the owner of the haosq schema, a role granted "
+            "haosq_admin, or a superuser"
+        ) from None
     return applied
 
 
-def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
+def _become_schema_owner(conn: psycopg.Connection[Any]) -> None:
+    """Create the schema if it is missing (which needs CREATE on the database: checking
+    first spares the admin role, which has it only on the schema); otherwise act as its
+    owner when the current role is a member of it."""
+    row = conn.execute(
+        """SELECT n.nspowner::regrole::text AS owner,
+                  pg_has_role(current_user, n.nspowner, 'MEMBER') AS member,
+                  n.nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) AS own
+             FROM pg_namespace n WHERE n.nspname = 'haosq'"""
+    ).fetchone()
+    if row is None:
+        conn.execute("CREATE SCHEMA haosq")
+        return
+    owner, member, own = (row["owner"], row["member"], row["own"]) if isinstance(row, dict) else row
+    if member and not own:
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner.strip('"'))))
+
+
+def pending_migrations(conn: psycopg.Connection[Any],
+                       migrations: Sequence[Migration] | None = None) -> list[Migration]:
     done = applied_versions(conn)
-    return [m for m in available_migrations() if m.version not in done]
+    return [m for m in (available_migrations() if migrations is None else migrations)
+            if m.version not in done]
