@@ -152,6 +152,8 @@ class DocumentRun:
         self.peers = peers
         self.worker: subprocess.Popen | None = None
         self.worker_log = world.tmp / "worker.log"
+        # (block, type, how far ahead) of the jobs the examples scheduled for later.
+        self.scheduled: list[tuple[str, str, Any]] = []
 
     def start_worker(self) -> None:
         config: dict[str, Any] = {}
@@ -302,8 +304,11 @@ class DocumentRun:
         selectors = types or list(WORKER_FAMILIES)
         deadline = time.monotonic() + DRAIN_SECONDS
         with self.world.connect() as conn:
-            conn.execute("UPDATE haosq.jobs SET due_at = now() WHERE status = 'pending' "
-                         "AND due_at > now() AND NOT (id = ANY(%s))", (sorted(self.world.given),))
+            made_due = conn.execute(
+                "UPDATE haosq.jobs SET due_at = now() WHERE status = 'pending' AND due_at > now() "
+                "AND NOT (id = ANY(%s)) RETURNING id, type, scheduled_at - created_at AS ahead",
+                (sorted(self.world.given),)).fetchall()
+            self.scheduled.extend((where, row["type"], row["ahead"]) for row in made_due)
             while True:
                 rows = conn.execute(
                     "SELECT id, type, status FROM haosq.jobs WHERE (status = 'pending' AND due_at <= now()) "
@@ -379,11 +384,38 @@ def test_document_examples_run_as_written(document: Path, world: World, peers: d
         pytest.skip("the examples' /srv paths need a private mount namespace (unshare, as root)")
     run.run()
     if document.name == "README.md":
-        # The scheduled cleanup did what it says: the old file is gone, the new one stays.
-        tmp = world.srv / "uploads" / "tmp"
-        assert not (tmp / "old.log").exists() and (tmp / "new.log").exists()
-        assert peers["smtp"].received, "no mail reached the SMTP server"
-        assert len(peers["gateway"].requests) >= 100
+        check_readme(run, world, peers)
+
+
+def check_readme(run: DocumentRun, world: World, peers: dict[str, Any]) -> None:
+    """What the README's examples say they do, beyond exit codes and completed jobs."""
+    from datetime import timedelta
+
+    # Scheduled for later: the cleanup tomorrow (Python), in ten minutes, tomorrow at 03:00.
+    ahead = sorted((job_type, delta) for _where, job_type, delta in run.scheduled)
+    assert [t for t, _ in ahead] == ["cleanup:old-files", "cleanup:old-files", "email:send"], ahead
+    assert all(delta >= timedelta(minutes=9) for _t, delta in ahead), ahead
+    # The cleanup removed the old file below the root and kept the new one.
+    tmp = world.srv / "uploads" / "tmp"
+    assert not (tmp / "old.log").exists() and (tmp / "new.log").exists()
+    # The upload was processed, its thumbnails written, and it was scanned.
+    uploads = world.srv / "uploads"
+    assert sorted(p.name for p in uploads.glob("image.thumb-*")) == ["image.thumb-128.webp",
+                                                                   "image.thumb-512.webp"]
+    with world.connect() as conn:
+        rows = conn.execute("SELECT id, type, status, result FROM haosq.jobs ORDER BY id").fetchall()
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_type.setdefault(row["type"], []).append(row)
+    assert [r["result"]["status"] for r in by_type["file:virus-scan"]] == ["clean"]
+    # Mail reached the SMTP server, one message per email:send, the transactional one too.
+    sent = {r.rcpt_tos[0] for r in peers["smtp"].received}
+    assert {"user@example.com", "a@example.com", "ann@example.com", "ops@example.com"} <= sent
+    assert len(peers["gateway"].requests) >= 100  # one push per device of the add_many
+    assert [r["result"] for r in by_type["my:process-data"]] == [{"success": True}]
+    # The operator commands: 42 and 43 retried (and run again), 44 cancelled before its time.
+    status = {r["id"]: r["status"] for r in rows}
+    assert (status[42], status[43], status[44]) == ("completed", "completed", "cancelled")
 
 
 def test_an_unmarked_block_the_test_cannot_run_is_refused(tmp_path: Path) -> None:
