@@ -103,17 +103,17 @@ def _become_schema_owner(conn: psycopg.Connection[Any]) -> None:
     first spares the admin role, which has it only on the schema); otherwise act as its
     owner when the current role is a member of it."""
     row = conn.execute(
-        """SELECT n.nspowner::regrole::text AS owner,
-                  pg_has_role(current_user, n.nspowner, 'MEMBER') AS member,
-                  n.nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) AS own
-             FROM pg_namespace n WHERE n.nspname = 'haosq'"""
+        """SELECT r.rolname AS owner, pg_has_role(current_user, r.oid, 'MEMBER') AS member,
+                  r.rolname = current_user AS own
+             FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+            WHERE n.nspname = 'haosq'"""
     ).fetchone()
     if row is None:
         conn.execute("CREATE SCHEMA haosq")
         return
     owner, member, own = (row["owner"], row["member"], row["own"]) if isinstance(row, dict) else row
     if member and not own:
-        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner.strip('"'))))
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
 
 
 def pending_migrations(conn: psycopg.Connection[Any],

@@ -309,48 +309,42 @@ def test_a_producer_cannot_enqueue_internal_types(roles):
 
 
 
-def test_admin_applies_a_pending_migration_with_the_cli(empty_database_url, tmp_path):
+@pytest.fixture
+def one_release_behind(empty_database_url):
+    """A database without the last shipped migration, with the roles created."""
     from haosq.db.migrate import available_migrations, migrate
-    from tests.conftest import haosq_env
-
-    shipped = available_migrations()
-    with psycopg.connect(empty_database_url, autocommit=True) as conn:
-        migrate(conn, shipped[:-1])  # an installation one release behind
-    made = Roles(empty_database_url)
-    made.create()
-    try:
-        env = haosq_env(made.urls["admin"], tmp_path)
-        applied = subprocess.run([HAOSQ, "migrate"], env=env, capture_output=True, text=True,
-                                 timeout=60, check=False)
-        assert applied.returncode == 0, applied.stderr
-        last = shipped[-1]
-        assert applied.stdout.strip() == f"applied {last.version:04d}_{last.name}"
-        check_matrix(empty_database_url, made.names, made.logins)
-    finally:
-        made.drop()
-
-
-def test_a_worker_meeting_a_pending_migration_says_who_may_apply_it(empty_database_url, tmp_path):
-    from haosq.db.migrate import available_migrations, migrate
-    from tests.conftest import haosq_env
 
     shipped = available_migrations()
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         migrate(conn, shipped[:-1])
     made = Roles(empty_database_url)
     made.create()
-    try:
-        env = haosq_env(made.urls["worker"], tmp_path)
-        refused = subprocess.run([HAOSQ, "migrate"], env=env, capture_output=True, text=True,
-                                 timeout=60, check=False)
-        assert refused.returncode == 2
-        last = shipped[-1]
-        assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
-        assert (f"the database needs migrations ({last.version:04d}_{last.name}) that the role "
-                f"{made.logins['worker']} may not apply") in refused.stderr
-        assert "haosq_admin" in refused.stderr
-    finally:
-        made.drop()
+    yield made, shipped[-1]
+    made.drop()
+
+
+def test_admin_applies_a_pending_migration_with_the_cli(one_release_behind, tmp_path):
+    from tests.conftest import haosq_env
+
+    made, last = one_release_behind
+    applied = subprocess.run([HAOSQ, "migrate"], env=haosq_env(made.urls["admin"], tmp_path),
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == f"applied {last.version:04d}_{last.name}"
+    check_matrix(made.database_url, made.names, made.logins)
+
+
+def test_a_worker_meeting_a_pending_migration_says_who_may_apply_it(one_release_behind, tmp_path):
+    from tests.conftest import haosq_env
+
+    made, last = one_release_behind
+    refused = subprocess.run([HAOSQ, "migrate"], env=haosq_env(made.urls["worker"], tmp_path),
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert (f"the database needs migrations ({last.version:04d}_{last.name}) that the role "
+            f"{made.logins['worker']} may not apply") in refused.stderr
+    assert "haosq_admin" in refused.stderr
 
 
 def test_tables_of_later_migrations_reach_the_roles_by_default(role_set):

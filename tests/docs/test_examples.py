@@ -36,6 +36,8 @@ from psycopg.rows import dict_row
 from tests.conftest import embedded_data_dir
 from tests.docs.examples import DOCUMENTS, Example, Unclassified, blocks, classify, examples
 
+pytest_plugins = ["tests.handlers.peers_files"]  # clamd
+
 BIN = Path(sys.executable).parent
 WORKER_FAMILIES = ("email", "file", "notification", "cleanup", "demo")
 NOTIFY_PATH = "/_matrix/push/v1/notify"
