@@ -126,3 +126,44 @@ def test_root_default_data_dir_is_not_the_worker_units_state_directory() -> None
     # /var/lib/haosq is the StateDirectory= of haosq-worker@.service (owned by systemd and the
     # units' dynamic users): root's own embedded server lives beside it, not in it.
     assert default_data_dir() == Path("/var/lib/haosq-embedded")
+
+
+def test_a_data_dir_too_deep_for_a_socket_path_gets_a_private_socket_dir(base: Path) -> None:
+    deep = base / ("d" * 60) / ("e" * 60)  # the socket path would pass the 107 bytes it may have
+    env = haosq_env(deep, base)
+    socket_dir: Path | None = None
+    try:
+        url = haosq(env, "db", "url")
+        assert url.returncode == 0, url.stderr
+        socket_dir = Path(url.stdout.strip().split("host=", 1)[1])
+        assert socket_dir != deep / "pg" and socket_dir.parent == Path(tempfile.gettempdir())
+        info = socket_dir.lstat()
+        # Trust authentication: only the server user (and root) may reach the socket.
+        assert info.st_uid == pwd.getpwnam(SERVER_USER).pw_uid
+        assert stat.S_IMODE(info.st_mode) == 0o700
+        assert haosq(env, "jobs", "list").returncode == 0
+    finally:
+        haosq(env, "db", "stop")
+        if socket_dir is not None:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_programs_the_server_user_cannot_reach_are_refused(base: Path, monkeypatch) -> None:
+    from haosq.config import load_settings
+    from haosq.db import embedded
+    from haosq.errors import ConfigError
+
+    private = base / "root-like"
+    private.mkdir(mode=0o700)
+    programs = private / "venv" / "pginstall" / "bin"
+    programs.mkdir(parents=True)
+    monkeypatch.setattr(embedded, "_programs_dir", lambda: programs)
+    empty = base / "empty.toml"
+    empty.write_text("")
+    settings = load_settings(env={"HAOSQ_CONFIG": str(empty), "HAOSQ_DATA_DIR": str(base / "data")})
+    with pytest.raises(ConfigError) as refused:
+        embedded.start_embedded(settings)
+    assert f"cannot enter {private} (mode 0700, owner root) on the way to its programs" in str(refused.value)
+    assert "a virtualenv under /opt" in str(refused.value)
+    assert not (base / "data").exists()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
