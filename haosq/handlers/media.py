@@ -1,22 +1,23 @@
 """Image and video work for the `file:*` job types: metadata, thumbnails, re-encoding.
 
-Images go through Pillow, video and audio through PyAV (whose wheels bundle ffmpeg).
-Every image is measured before it is decoded, so that a small file declaring a huge canvas
-(a decompression bomb) is refused instead of eating the worker's memory.
+Images go through Pillow, video and audio through PyAV (whose wheels bundle ffmpeg), both
+reading the file object the caller opened below its root (haosq.handlers.pathguard) and
+writing to the output file it opened there. Every image is measured before it is decoded,
+so that a small file declaring a huge canvas (a decompression bomb) is refused instead of
+eating the worker's memory.
 """
 
 from __future__ import annotations
 
 import warnings
 from fractions import Fraction
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 from PIL import Image, ImageOps, ImageSequence
 
 from haosq.errors import PermanentError
-from haosq.handlers.pathguard import atomic_output
+from haosq.handlers.pathguard import Output
 
 EXIF_ORIENTATION = 0x0112
 EXIF_GPS_IFD = 0x8825
@@ -25,16 +26,17 @@ SUFFIXES = {"WEBP": ".webp", "JPEG": ".jpg", "PNG": ".png", "AVIF": ".avif"}
 VIDEO_CODECS = ("libx264", "h264", "libopenh264", "mpeg4")
 
 
-def open_image(path: Path, max_pixels: int) -> Image.Image:
+def open_image(source: BinaryIO, name: str, max_pixels: int) -> Image.Image:
     """Open (lazily, headers only) and refuse images larger than `max_pixels`."""
+    source.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise PermanentError(f"image refused as a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise PermanentError(f"cannot read image {path.name}: {exc}") from None
+        raise PermanentError(f"cannot read image {name}: {exc}") from None
     pixels = image.width * image.height
     if pixels > max_pixels:
         image.close()
@@ -44,8 +46,8 @@ def open_image(path: Path, max_pixels: int) -> Image.Image:
     return image
 
 
-def image_metadata(path: Path, max_pixels: int) -> dict[str, Any]:
-    with open_image(path, max_pixels) as image:
+def image_metadata(source: BinaryIO, name: str, max_pixels: int) -> dict[str, Any]:
+    with open_image(source, name, max_pixels) as image:
         exif = image.getexif()
         return {
             "kind": "image",
@@ -60,14 +62,9 @@ def image_metadata(path: Path, max_pixels: int) -> dict[str, Any]:
         }
 
 
-def has_gps(path: Path, max_pixels: int) -> bool:
-    with open_image(path, max_pixels) as image:
-        return EXIF_GPS_IFD in image.getexif()
-
-
-def write_without_gps(source: Path, target: Path, max_pixels: int) -> None:
+def write_without_gps(source: BinaryIO, name: str, output: Output, max_pixels: int) -> None:
     """A copy of the image without its GPS EXIF block (JPEG quality tables kept)."""
-    with open_image(source, max_pixels) as image:
+    with open_image(source, name, max_pixels) as image:
         exif = image.getexif()
         exif.pop(EXIF_GPS_IFD, None)
         options: dict[str, Any] = {"exif": exif.tobytes()}
@@ -75,9 +72,7 @@ def write_without_gps(source: Path, target: Path, max_pixels: int) -> None:
             options["quality"] = "keep"
         if getattr(image, "is_animated", False):
             options["save_all"] = True
-        image_format = image.format or "PNG"
-        with atomic_output(target) as temp:
-            image.save(temp, format=image_format, **options)
+        image.save(output.file, format=image.format or "PNG", **options)
 
 
 def image_format(name: str) -> str:
@@ -94,43 +89,42 @@ def _rgb_for(image: Image.Image, fmt: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def save_thumbnail(image: Image.Image, size: int, target: Path, fmt: str, quality: int) -> dict[str, Any]:
+def save_thumbnail(image: Image.Image, size: int, output: Output, fmt: str, quality: int) -> tuple[int, int]:
+    """Write a thumbnail that fits in size x size; returns its (width, height)."""
     thumb = image.copy()
     thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
     thumb = _rgb_for(thumb, fmt)
-    with atomic_output(target) as temp:
-        thumb.save(temp, format=fmt, quality=quality)
-    return {"size": size, "path": str(target), "width": thumb.width, "height": thumb.height,
-            "bytes": target.stat().st_size}
+    thumb.save(output.file, format=fmt, quality=quality)
+    return thumb.width, thumb.height
 
 
-def image_for_thumbnails(path: Path, max_pixels: int) -> Image.Image:
+def image_for_thumbnails(source: BinaryIO, name: str, max_pixels: int) -> Image.Image:
     """The first frame, upright (EXIF orientation applied), fully decoded."""
-    with open_image(path, max_pixels) as image:
+    with open_image(source, name, max_pixels) as image:
         image.seek(0)
         try:
             upright = ImageOps.exif_transpose(image)
             upright.load()
         except (OSError, ValueError) as exc:
-            raise PermanentError(f"cannot decode image {path.name}: {exc}") from None
+            raise PermanentError(f"cannot decode image {name}: {exc}") from None
         return upright.copy()
 
 
 ANIMATED_FORMATS = ("WEBP", "PNG")  # formats Pillow writes animated (WebP, APNG)
 
 
-def reencode_image(source: Path, target: Path, fmt: str, quality: int, max_width: int | None,
-                   max_pixels: int) -> None:
+def reencode_image(source: BinaryIO, name: str, output: Output, fmt: str, quality: int,
+                   max_width: int | None, max_pixels: int) -> None:
     """Re-encode an image; an animated one keeps every frame (to WebP or APNG)."""
-    with open_image(source, max_pixels) as probe:
+    with open_image(source, name, max_pixels) as probe:
         animated = bool(getattr(probe, "is_animated", False))
     if animated:
         if fmt not in ANIMATED_FORMATS:
             raise PermanentError(
-                f"format: {source.name} is animated; compress it to webp or png to keep its frames")
-        frames, durations, loop = _frames(source, max_pixels)
+                f"format: {name} is animated; compress it to webp or png to keep its frames")
+        frames, durations, loop = _frames(source, name, max_pixels)
     else:
-        frames, durations, loop = [image_for_thumbnails(source, max_pixels)], [], 0
+        frames, durations, loop = [image_for_thumbnails(source, name, max_pixels)], [], 0
     frames = [_rgb_for(_fit_width(frame, max_width), fmt) for frame in frames]
     options: dict[str, Any] = {"quality": quality}
     if fmt == "JPEG":
@@ -139,12 +133,11 @@ def reencode_image(source: Path, target: Path, fmt: str, quality: int, max_width
         options = {"optimize": True}
     if animated:
         options.update(save_all=True, append_images=frames[1:], duration=durations, loop=loop)
-    with atomic_output(target) as temp:
-        frames[0].save(temp, format=fmt, **options)
+    frames[0].save(output.file, format=fmt, **options)
 
 
-def _frames(path: Path, max_pixels: int) -> tuple[list[Image.Image], list[int], int]:
-    with open_image(path, max_pixels) as image:
+def _frames(source: BinaryIO, name: str, max_pixels: int) -> tuple[list[Image.Image], list[int], int]:
+    with open_image(source, name, max_pixels) as image:
         frames, durations = [], []
         for frame in ImageSequence.Iterator(image):
             frames.append(frame.convert("RGBA"))
@@ -162,15 +155,16 @@ def _fit_width(image: Image.Image, max_width: int | None) -> Image.Image:
 # -- video and audio ------------------------------------------------------------------------
 
 
-def _open_media(path: Path) -> av.container.InputContainer:
+def _open_media(source: BinaryIO, name: str) -> av.container.InputContainer:
+    source.seek(0)
     try:
-        return av.open(str(path), mode="r")
+        return av.open(source, mode="r")
     except (av.FFmpegError, OSError) as exc:
-        raise PermanentError(f"cannot read media {path.name}: {exc}") from None
+        raise PermanentError(f"cannot read media {name}: {exc}") from None
 
 
-def media_metadata(path: Path) -> dict[str, Any]:
-    with _open_media(path) as container:
+def media_metadata(source: BinaryIO, name: str) -> dict[str, Any]:
+    with _open_media(source, name) as container:
         duration = container.duration / av.time_base if container.duration else None
         result: dict[str, Any] = {
             "kind": "video" if container.streams.video else "audio",
@@ -193,11 +187,11 @@ def media_metadata(path: Path) -> dict[str, Any]:
         return result
 
 
-def video_frame(path: Path, offset: float | None) -> tuple[Image.Image, float]:
+def video_frame(source: BinaryIO, name: str, offset: float | None) -> tuple[Image.Image, float]:
     """The first frame at or after `offset` seconds (default: 1 s, or mid-way when shorter)."""
-    with _open_media(path) as container:
+    with _open_media(source, name) as container:
         if not container.streams.video:
-            raise PermanentError(f"{path.name} has no video stream")
+            raise PermanentError(f"{name} has no video stream")
         stream = container.streams.video[0]
         duration = container.duration / av.time_base if container.duration else None
         if offset is None:
@@ -213,7 +207,7 @@ def video_frame(path: Path, offset: float | None) -> tuple[Image.Image, float]:
                 return frame.to_image(), float(frame.time or 0.0)
         if fallback is not None:
             return fallback.to_image(), float(fallback.time or 0.0)
-        raise PermanentError(f"{path.name}: no video frame could be decoded")
+        raise PermanentError(f"{name}: no video frame could be decoded")
 
 
 def video_codec(preferred: str | None) -> str:
@@ -228,19 +222,19 @@ def video_codec(preferred: str | None) -> str:
     raise PermanentError("no H.264 or MPEG-4 encoder is available in this PyAV build")
 
 
-def transcode_video(source: Path, target: Path, *, width: int | None, crf: int, codec: str,
-                    preset: str) -> dict[str, Any]:
+def transcode_video(source: BinaryIO, name: str, output: Output, *, width: int | None, crf: int,
+                    codec: str, preset: str) -> dict[str, Any]:
     """Re-encode the first video stream to MP4 (`codec`, CRF, scaled to `width`); audio copied."""
-    with _open_media(source) as inp:
+    with _open_media(source, name) as inp:
         if not inp.streams.video:
-            raise PermanentError(f"{source.name} has no video stream")
+            raise PermanentError(f"{name} has no video stream")
         vin = inp.streams.video[0]
         src_w, src_h = vin.codec_context.width, vin.codec_context.height
         out_w = min(width or src_w, src_w)
         out_h = round(src_h * out_w / src_w)
         out_w, out_h = out_w - out_w % 2, max(2, out_h - out_h % 2)
         rate = vin.average_rate or Fraction(25)
-        with atomic_output(target) as temp, av.open(str(temp), mode="w", format="mp4") as out:
+        with av.open(output.file, mode="w", format="mp4") as out:
             vout = out.add_stream(codec, rate=rate)
             vout.width, vout.height, vout.pix_fmt = out_w, out_h, "yuv420p"
             if codec == "libx264":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import grp
 import gzip
 import hashlib
 import io
 import os
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -119,10 +121,15 @@ def test_bad_payloads_fail_naming_the_field(file_area, job_context, payload, mes
 def test_paths_outside_the_roots_are_refused(file_area, job_context, tmp_path):
     outside = make_image(tmp_path / "secret.png", (16, 16), fmt="PNG")
     (file_area.root / "link.png").symlink_to(outside)
-    cases = [str(outside), str(file_area.root / ".." / "secret.png"), "link.png", "../secret.png"]
-    for path in cases:
+    (file_area.root / "sub").symlink_to(tmp_path, target_is_directory=True)
+    cases = [(str(outside), "is not inside a configured file root"),
+             (str(file_area.root / ".." / "secret.png"), "contains '..'"),
+             ("../secret.png", "contains '..'"),
+             ("link.png", "is a symlink, which is never followed"),
+             ("sub/secret.png", "goes through 'sub', a symlink, which is never followed")]
+    for path, message in cases:
         payload = {"fileId": "x", "filePath": path, "contentType": "image/png"}
-        with pytest.raises(PermanentError, match="outside the configured file roots"):
+        with pytest.raises(PermanentError, match=f"filePath: '.*' {message}"):
             process_upload(payload, job_context("file:process-upload", payload,
                                                 {"files": file_area.table()}))
     payload = {"fileId": "x", "filePath": "missing.png", "contentType": "image/png"}
@@ -425,3 +432,46 @@ def test_sniffed_type_not_extension_decides(file_area, job_context):
                                                  {"files": file_area.table()}))
     assert result["kind"] == "image" and result["format"] == "webp"
     assert result["sizeAfter"] < result["sizeBefore"]
+
+
+def _another_group_of_this_process(current: int) -> int:
+    groups = [g for g in os.getgroups() if g != current]
+    if os.geteuid() == 0:  # root may give a file any group
+        groups += [g.gr_gid for g in grp.getgrall() if g.gr_gid != current]
+    if not groups:
+        pytest.skip("this process belongs to one group only")
+    return groups[0]
+
+
+def test_thumbnails_and_compressed_copies_keep_the_originals_mode_and_group(file_area, job_context):
+    (file_area.root / "album").mkdir()
+    photo = make_image(file_area.root / "album" / "photo.jpg", (400, 300), exif=gps_exif())
+    group = _another_group_of_this_process(photo.stat().st_gid)
+    os.chown(photo, -1, group)
+    os.chmod(photo, 0o640)
+    video = make_video(file_area.root / "album" / "clip.mp4", seconds=1.0, size=(160, 120),
+                       bit_rate=6_000_000)
+    os.chown(video, -1, group)
+    os.chmod(video, 0o604)
+
+    outputs = []
+    for table in (file_area.table(strip_gps=True), {"roots": [str(file_area.root)], "strip_gps": True}):
+        upload = {"fileId": "m", "filePath": "album/photo.jpg", "contentType": "image/jpeg",
+                  "enqueueFollowups": False}
+        outputs.append(process_upload(upload, job_context("file:process-upload", upload,
+                                                          {"files": table}))["sanitizedPath"])
+        thumbs = {"filePath": "album/photo.jpg", "sizes": [64]}
+        outputs += [t["path"] for t in generate_thumbnails(
+            thumbs, job_context("file:generate-thumbnails", thumbs, {"files": table}))["thumbnails"]]
+        compress = {"filePath": "album/photo.jpg", "format": "webp", "quality": 30}
+        outputs.append(compress_media(compress, job_context("file:compress-media", compress,
+                                                            {"files": table}))["output"])
+    assert len({Path(p).parent for p in outputs}) == 2  # mirrored under output_root, and next to the original
+    for output in outputs:
+        info = os.stat(output)
+        assert (oct(stat.S_IMODE(info.st_mode)), info.st_gid) == (oct(0o640), group), output
+
+    payload = {"filePath": "album/clip.mp4", "maxWidth": 80, "crf": 40}
+    ctx = job_context("file:compress-media", payload, {"files": file_area.table()})
+    info = os.stat(compress_media(payload, ctx)["output"])
+    assert (oct(stat.S_IMODE(info.st_mode)), info.st_gid) == (oct(0o604), group)
