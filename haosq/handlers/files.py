@@ -164,6 +164,12 @@ def _enqueue_followups(request: UploadPayload, result: dict[str, Any], settings:
     for job_type in settings.upload_followups:
         if job_type == "file:generate-thumbnails" and kind not in ("image", "video"):
             continue
+        if job_type == "file:virus-scan" and not settings.clamd_address:
+            # A scan without a clamd could only fail: the upload says so instead.
+            ctx.log.info("no virus scan: no clamd is configured ([handlers.files] clamd_address or "
+                         "HAOSQ_CLAMD_ADDRESS)", file_id=request.file_id)
+            result["virusScan"] = "not configured"
+            continue
         ctx.enqueue_on_success(job_type, dict(common))
         followups.append(job_type)
     return followups

@@ -54,12 +54,39 @@ def test_upload_of_a_photo_reports_metadata_strips_gps_and_enqueues_followups(fi
         assert exif[0x0112] == 6
     with Image.open(photo) as untouched:
         assert 0x8825 in untouched.getexif()
-    assert [f.type for f in ctx.followups] == ["file:generate-thumbnails", "file:virus-scan"]
-    assert ctx.followups[1].payload == {"fileId": "file_123", "filePath": str(photo),
+    assert [f.type for f in ctx.followups] == ["file:generate-thumbnails"]
+    assert ctx.followups[0].payload == {"fileId": "file_123", "filePath": str(photo),
                                         "contentType": "image/jpeg"}
     logs = conn.execute("SELECT message FROM haosq.job_logs WHERE job_id = %s ORDER BY id",
                         (ctx.job_id,)).fetchall()
-    assert [row["message"] for row in logs] == ["GPS EXIF removed", "upload checked"]
+    assert [row["message"].split(":")[0] for row in logs] == [
+        "GPS EXIF removed", "no virus scan", "upload checked"]
+
+
+def test_the_virus_scan_follows_an_upload_only_where_a_clamd_is_configured(file_area, job_context, conn,
+                                                                           monkeypatch):
+    document = file_area.root / "notes.txt"
+    document.write_text("plain words\n")
+    payload = {"fileId": "doc-1", "filePath": "notes.txt", "contentType": "text/plain"}
+
+    ctx = job_context("file:process-upload", payload, {"files": file_area.table()})
+    result = process_upload(payload, ctx)
+    assert result["followups"] == [] and ctx.followups == []
+    assert result["virusScan"] == "not configured"
+    logged = conn.execute("SELECT level, message, metadata FROM haosq.job_logs WHERE job_id = %s "
+                          "AND message LIKE 'no virus scan%%'", (ctx.job_id,)).fetchone()
+    assert logged["level"] == "info" and "clamd_address" in logged["message"]
+    assert logged["metadata"] == {"file_id": "doc-1"}
+
+    for handlers in ({"files": file_area.table(clamd_address="/run/clamav/clamd.ctl")}, None):
+        if handlers is None:  # the address from the environment counts as configured too
+            monkeypatch.setenv("HAOSQ_CLAMD_ADDRESS", "127.0.0.1:3310")
+            handlers = {"files": file_area.table()}
+        ctx = job_context("file:process-upload", payload, handlers)
+        result = process_upload(payload, ctx)
+        assert result["followups"] == ["file:virus-scan"] and "virusScan" not in result
+        assert [(f.type, f.payload["filePath"]) for f in ctx.followups] == [
+            ("file:virus-scan", str(document))]
 
 
 def test_upload_can_strip_gps_in_place_when_the_payload_asks(file_area, job_context):
@@ -159,7 +186,7 @@ def test_upload_of_a_video_reports_duration_codec_and_dimensions(file_area, job_
     assert meta["duration"] == pytest.approx(2.0, abs=0.1)
     assert (meta["videoCodec"], meta["width"], meta["height"]) == ("mpeg4", 320, 240)
     assert meta["frameRate"] == pytest.approx(24.0)
-    assert result["followups"] == ["file:generate-thumbnails", "file:virus-scan"]
+    assert result["followups"] == ["file:generate-thumbnails"]  # no clamd configured: no scan
 
 
 def test_upload_of_audio_and_of_video_with_sound(file_area, job_context):
@@ -171,7 +198,7 @@ def test_upload_of_audio_and_of_video_with_sound(file_area, job_context):
     assert (meta["kind"], meta["audioCodec"], meta["sampleRate"], meta["channels"]) == (
         "audio", "pcm_s16le", 22050, 1)
     assert meta["duration"] == pytest.approx(1.5, abs=0.05)
-    assert result["followups"] == ["file:virus-scan"]  # no thumbnail for sound
+    assert result["followups"] == []  # no thumbnail for sound, and no clamd for a scan
 
     video = make_video(file_area.root / "talk.mp4", seconds=1.0, size=(160, 120), audio=True)
     payload = {"fileId": "a2", "filePath": str(video), "contentType": "video/mp4"}
@@ -234,7 +261,7 @@ def test_archive_links_and_depth_are_refused_and_a_sane_archive_passes(file_area
     result = upload(fine, "application/x-zip-compressed")
     assert result["archive"]["entries"] == 3
     assert result["archive"]["depth"] == 2
-    assert result["followups"] == ["file:virus-scan"]
+    assert result["followups"] == []
 
 
 def test_compressed_streams_and_compressed_tars_are_measured(file_area, job_context):
