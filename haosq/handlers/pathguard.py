@@ -25,7 +25,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -371,3 +371,119 @@ def move(opened: Opened, dir_fd: int, name: str, *, mode: int) -> None:
         shutil.copyfileobj(opened.file, output.file)
     if opened.still_named():
         os.unlink(opened.name, dir_fd=opened.dir_fd)
+
+
+# -- walking a tree below a directory --------------------------------------------------------
+
+@dataclass
+class Visit:
+    """One directory of a walk. `fd` and `entries` are valid until the walk moves on; clear
+    `descend` to skip the subdirectories (they are visited after the consumer returns)."""
+
+    fd: int
+    relative: str                      # below the directory the walk started from ("" for it)
+    entries: list[tuple[str, os.stat_result]]  # every entry, as lstat saw it
+    descend: list[str]
+
+
+@dataclass
+class _Level:
+    name: str
+    identity: tuple[int, int]
+    relative: str
+    pending: list[tuple[str, tuple[int, int]]]
+
+
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
+def walk(top_fd: int, on_error: Callable[[str, str], None]) -> Iterator[Visit]:
+    """Every directory below the directory `top_fd` (itself first), depth first, iteratively:
+    a tree of any depth is walked with one directory open at a time besides `top_fd`.
+
+    Subdirectories are opened with O_NOFOLLOW and must be the very directory the listing
+    saw; the walk climbs back through `..` and checks it arrived in the directory it left (a
+    directory moved during the walk is re-entered from `top_fd` by name, or skipped).
+    `on_error(relative path, reason)` hears of what was skipped."""
+    current = os.dup(top_fd)
+    try:
+        top = _visit(current, "", on_error)
+        yield top
+        stack = [_Level("", _identity(os.fstat(current)), "", _pending(top))]
+        while stack:
+            level = stack[-1]
+            if not level.pending:
+                stack.pop()
+                if stack:
+                    current = _climb(current, stack, top_fd, on_error)
+                continue
+            name, identity = level.pending.pop()
+            relative = f"{level.relative}/{name}" if level.relative else name
+            try:
+                child = os.open(name, _BELOW_DIRECTORY, dir_fd=current)
+            except OSError as exc:
+                on_error(relative, f"cannot open the directory ({exc.strerror})")
+                continue
+            if _identity(os.fstat(child)) != identity:
+                os.close(child)
+                on_error(relative, "replaced while the walk listed its parent; skipped")
+                continue
+            os.close(current)
+            current = child
+            visit = _visit(current, relative, on_error)
+            yield visit
+            stack.append(_Level(name, identity, relative, _pending(visit)))
+    finally:
+        os.close(current)
+
+
+def _visit(fd: int, relative: str, on_error: Callable[[str, str], None]) -> Visit:
+    entries: list[tuple[str, os.stat_result]] = []
+    try:
+        with os.scandir(fd) as listing:
+            for entry in listing:
+                try:
+                    entries.append((entry.name, entry.stat(follow_symlinks=False)))
+                except FileNotFoundError:
+                    continue
+    except OSError as exc:
+        on_error(relative, f"cannot list the directory ({exc.strerror})")
+    descend = [name for name, info in entries if stat.S_ISDIR(info.st_mode)]
+    return Visit(fd, relative, entries, descend)
+
+
+def _pending(visit: Visit) -> list[tuple[str, tuple[int, int]]]:
+    wanted = set(visit.descend)
+    # Reversed: popped from the end, subdirectories are visited in listing order.
+    return [(name, _identity(info)) for name, info in reversed(visit.entries) if name in wanted]
+
+
+def _climb(current: int, stack: list[_Level], top_fd: int, on_error: Callable[[str, str], None]) -> int:
+    """The descriptor of stack[-1]'s directory, from its child `current` (which is closed)."""
+    try:
+        parent = os.open("..", _DIRECTORY, dir_fd=current)
+    except OSError:
+        parent = -1
+    os.close(current)
+    if parent >= 0 and _identity(os.fstat(parent)) == stack[-1].identity:
+        return parent
+    if parent >= 0:
+        os.close(parent)
+    # Moved while the walk was below it: find it again from the top, by name.
+    fd = os.dup(top_fd)
+    for depth, level in enumerate(stack[1:], start=1):
+        try:
+            child = os.open(level.name, _BELOW_DIRECTORY, dir_fd=fd)
+        except OSError:
+            child = -1
+        if child >= 0 and _identity(os.fstat(child)) == level.identity:
+            os.close(fd)
+            fd = child
+            continue
+        if child >= 0:
+            os.close(child)
+        on_error(level.relative, "moved during the walk; the rest of it was skipped")
+        del stack[depth:]
+        break
+    return fd

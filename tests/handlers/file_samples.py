@@ -1,10 +1,13 @@
-"""Files made by the tests: images (with GPS EXIF, a decompression bomb), video, archives, malware markers."""
+"""Files made by the tests: images (with GPS EXIF, a decompression bomb), video, archives, malware
+markers, a directory tree deeper than PATH_MAX."""
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import struct
+import time
 import wave
 import zipfile
 import zlib
@@ -153,3 +156,66 @@ def zip_bytes(entries: dict[str, bytes]) -> bytes:
         for name, data in entries.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+DEEP = "directory-with-a-long-name"
+
+
+def make_deep_tree(root: Path, depth: int, old_file_every: int, age_days: float) -> int:
+    """Directories named DEEP nested `depth` deep below root, made by descriptor (the whole path is
+    longer than PATH_MAX); an old file every `old_file_every` levels. Returns the files made."""
+    stamp = time.time() - age_days * 86_400
+    made = 0
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(depth):
+            if level % old_file_every == 0:
+                file_fd = os.open(f"old-{level}.log", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+                os.write(file_fd, b"x")
+                os.utime(file_fd, (stamp, stamp))
+                os.close(file_fd)
+                made += 1
+            os.mkdir(DEEP, dir_fd=fd)
+            child = os.open(DEEP, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        file_fd = os.open("bottom.log", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.utime(file_fd, (stamp, stamp))
+        os.close(file_fd)
+    finally:
+        os.close(fd)
+    return made + 1
+
+
+def files_in_tree(root: Path) -> int:
+    """Regular files left in the tree, counted by descriptor (iteratively)."""
+    left = 0
+    pending = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    while pending:
+        fd = pending.pop()
+        for entry in os.scandir(fd):
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd))
+            elif entry.is_file(follow_symlinks=False):
+                left += 1
+        os.close(fd)
+    return left
+
+
+def remove_deep_tree(root: Path) -> None:
+    """Remove the deep tree bottom-up by descriptor (shutil.rmtree would recurse as deep)."""
+    chain = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    while True:
+        names = os.listdir(chain[-1])
+        below = [n for n in names if n == DEEP]
+        for name in names:
+            if name not in below:
+                os.unlink(name, dir_fd=chain[-1])
+        if not below:
+            break
+        chain.append(os.open(below[0], os.O_RDONLY | os.O_DIRECTORY, dir_fd=chain[-1]))
+    while len(chain) > 1:
+        os.close(chain.pop())
+        os.rmdir(DEEP, dir_fd=chain[-1])
+    os.close(chain[0])
+    root.rmdir()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import grp
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from haosq.errors import PermanentError
-from haosq.handlers.pathguard import PathRefused, Roots, atomic_output, output_directory
+from haosq.handlers.pathguard import PathRefused, Roots, atomic_output, output_directory, walk
+from tests.handlers.file_samples import files_in_tree, make_deep_tree, remove_deep_tree
 
 
 @pytest.fixture
@@ -216,3 +218,48 @@ def test_a_group_the_process_may_not_set_is_not_passed_on_to_another_group(tmp_p
         for entry in workdir.iterdir():
             entry.unlink()
         workdir.rmdir()
+
+
+def test_a_walk_of_any_depth_keeps_one_directory_open(tmp_path):
+    root = tmp_path / "deep"
+    root.mkdir()
+    depth = sys.getrecursionlimit() + 200
+    make_deep_tree(root, depth, old_file_every=50, age_days=0)
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    baseline = len(os.listdir("/proc/self/fd"))
+    problems: list[tuple[str, str]] = []
+    try:
+        deepest, most_open, files = 0, 0, 0
+        for visit in walk(top, lambda path, reason: problems.append((path, reason))):
+            deepest = max(deepest, visit.relative.count("/") + 1 if visit.relative else 0)
+            most_open = max(most_open, len(os.listdir("/proc/self/fd")) - baseline)
+            files += sum(1 for _, info in visit.entries if stat.S_ISREG(info.st_mode))
+        assert (deepest, problems) == (depth, [])
+        assert files == files_in_tree(root)
+        assert most_open <= 2  # the directory being visited (and the listing's own descriptor)
+        assert len(os.listdir("/proc/self/fd")) == baseline
+    finally:
+        os.close(top)
+        remove_deep_tree(root)
+
+
+def test_a_directory_moved_out_during_a_walk_does_not_take_the_walk_with_it(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for directory in (root / "a" / "b", root / "a" / "z", outside / "z"):
+        directory.mkdir(parents=True)
+    (root / "a" / "z" / "mine.log").write_text("inside")
+    (outside / "z" / "secret.log").write_text("outside")
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    seen: dict[str, list[str]] = {}
+    try:
+        for visit in walk(top, lambda path, reason: None):
+            seen[visit.relative] = sorted(name for name, _ in visit.entries)
+            if visit.relative == "a":  # b first (in listing order): it moves while the walk is in it
+                visit.entries.sort(key=lambda item: item[0] != "b")
+            if visit.relative == "a/b":
+                os.rename(root / "a" / "b", outside / "b")  # `..` of b is now outside the root
+    finally:
+        os.close(top)
+    assert list(seen) == ["", "a", "a/b", "a/z"]
+    assert seen["a/z"] == ["mine.log"]  # found again below the root, not outside/z
+    assert "secret.log" not in {name for names in seen.values() for name in names}
