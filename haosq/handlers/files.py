@@ -24,6 +24,7 @@ from pydantic import Field
 from haosq.errors import PermanentError, Retry
 from haosq.handlers import media
 from haosq.handlers.archives import ArchiveRefused, inspect_archive, is_archive
+from haosq.handlers.childlimits import cap_memory
 from haosq.handlers.clamd import ClamdClient, ClamdError, ClamdUnavailable
 from haosq.handlers.file_settings import ArchiveLimits, FileSettings
 from haosq.handlers.pathguard import Opened, Output, Roots, atomic_output, move, output_directory
@@ -78,6 +79,19 @@ def _output_path(opened: Opened, settings: FileSettings, name: str) -> str:
     return os.path.join(settings.output_root, *opened.below.parts[:-1], name)
 
 
+@contextlib.contextmanager
+def _memory_capped(settings: FileSettings) -> Iterator[None]:
+    """The job's memory capped at max_memory (in the process executor's child); running out
+    of it fails the job, permanently: the same file would run out again."""
+    capped = cap_memory(settings.max_memory)
+    try:
+        yield
+    except MemoryError:
+        cap = f"max_memory = {settings.max_memory} bytes" if capped else "the memory available"
+        raise PermanentError(f"the file needs more memory than the job may use ({cap}); raise "
+                             "[handlers.files] max_memory to process it") from None
+
+
 def _log_group(ctx: JobContext, output: Output, opened: Opened, path: str) -> None:
     if not output.group_kept:
         ctx.log.warn("output written without the original's group (this process may not set it); "
@@ -101,7 +115,7 @@ def process_upload(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     request = parse_payload(UploadPayload, payload)
     settings = file_settings(ctx)
     roots = file_roots(settings)
-    with roots.open_file(request.file_path) as opened:
+    with _memory_capped(settings), roots.open_file(request.file_path) as opened:
         result = _check_upload(request, opened, settings, ctx)
     if request.modify_original and result.get("gpsStripped"):
         # The hash describes the stored file as it is now (after an in-place GPS removal).
@@ -129,10 +143,10 @@ def _check_upload(request: UploadPayload, opened: Opened, settings: FileSettings
     }
     kind = _kind(detected)
     if kind == "image":
-        result["metadata"] = media.image_metadata(source, name, settings.max_image_pixels)
+        result["metadata"] = media.image_metadata(source, name, settings.image)
     elif kind in ("video", "audio"):
         # The sniffed kind wins: an audio file with cover art has a (picture) video stream.
-        result["metadata"] = {**media.media_metadata(source, name), "kind": kind}
+        result["metadata"] = {**media.media_metadata(source, name, settings.video), "kind": kind}
     elif is_archive(detected):
         try:
             result["archive"] = inspect_archive(source, name, settings.archive).as_dict()
@@ -147,7 +161,7 @@ def _check_upload(request: UploadPayload, opened: Opened, settings: FileSettings
         target = opened.path if in_place else _output_path(opened, settings, target_name)
         with _output_directory(opened, settings, in_place=in_place) as dir_fd, \
                 atomic_output(dir_fd, target_name, like=opened.info) as output:
-            media.write_without_gps(source, name, output, settings.max_image_pixels)
+            media.write_without_gps(source, name, output, settings.image)
         _log_group(ctx, output, opened, target)
         result.update(gpsStripped=True, sanitizedPath=target)
         ctx.log.info("GPS EXIF removed", path=target)
@@ -197,13 +211,14 @@ def generate_thumbnails(payload: dict[str, Any], ctx: JobContext) -> dict[str, A
     if any(s < 16 or s > 4096 for s in sizes):
         raise PermanentError("sizes: each size must be between 16 and 4096 pixels")
     fmt = media.image_format(request.format or settings.thumbnail_format)
-    with file_roots(settings).open_file(request.file_path) as opened:
+    with _memory_capped(settings), file_roots(settings).open_file(request.file_path) as opened:
         detected = detect_file(opened.file)
         result: dict[str, Any] = {"fileId": request.file_id, "source": opened.path, "contentType": detected}
         if _kind(detected) == "image":
-            image = media.image_for_thumbnails(opened.file, opened.name, settings.max_image_pixels)
+            image = media.image_for_thumbnails(opened.file, opened.name, settings.image)
         elif _kind(detected) == "video":
-            image, frame_time = media.video_frame(opened.file, opened.name, request.offset_seconds)
+            image, frame_time = media.video_frame(opened.file, opened.name, request.offset_seconds,
+                                                  settings.video)
             result["frameTime"] = round(frame_time, 3)
         else:
             raise PermanentError(f"filePath: {opened.name} is {detected}, which has no thumbnail")
@@ -243,7 +258,7 @@ def compress_media(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Re-encode an image or transcode a video; keep the original when the result is not smaller."""
     request = parse_payload(CompressPayload, payload)
     settings = file_settings(ctx)
-    with file_roots(settings).open_file(request.file_path) as opened:
+    with _memory_capped(settings), file_roots(settings).open_file(request.file_path) as opened:
         return _compress(request, opened, settings, ctx)
 
 
@@ -253,13 +268,16 @@ def _compress(request: CompressPayload, opened: Opened, settings: FileSettings,
     before = opened.info.st_size
     name, stem = opened.name, _stem_and_suffix(opened.name)[0]
     result: dict[str, Any] = {"fileId": request.file_id, "source": opened.path, "sizeBefore": before}
+    # The work is checked before any output (or output directory) is made.
     if _kind(detected) == "image":
+        media.check_image(opened.file, name, settings.image)
         source_format = detected.split("/", 1)[1]
         fmt = media.image_format(request.format or (
             source_format if source_format in media.IMAGE_FORMATS else "webp"))
         suffix = media.SUFFIXES[fmt]
         result.update(kind="image", format=fmt.lower())
     elif _kind(detected) == "video":
+        media.check_video(opened.file, name, settings.video)
         codec = media.video_codec(request.codec)
         suffix = ".mp4"
     else:
@@ -272,11 +290,11 @@ def _compress(request: CompressPayload, opened: Opened, settings: FileSettings,
             atomic_output(dir_fd, target_name, like=opened.info) as output:
         if result.get("kind") == "image":
             media.reencode_image(opened.file, name, output, fmt, request.quality, request.max_width,
-                                 settings.max_image_pixels)
+                                 settings.image)
         else:
             result.update(kind="video", **media.transcode_video(
                 opened.file, name, output, width=request.max_width, crf=request.crf, codec=codec,
-                preset=request.preset))
+                preset=request.preset, limits=settings.video))
         output.file.flush()
         after = os.fstat(output.file.fileno()).st_size
         if after >= before:
@@ -317,7 +335,7 @@ def virus_scan(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     if not settings.clamd_address:
         raise PermanentError(
             "no clamd is configured: set [handlers.files] clamd_address or HAOSQ_CLAMD_ADDRESS")
-    with file_roots(settings).open_file(request.file_path) as opened:
+    with _memory_capped(settings), file_roots(settings).open_file(request.file_path) as opened:
         return _scan(request, opened, settings, ctx)
 
 

@@ -145,10 +145,10 @@ def test_a_real_worker_racing_a_symlink_swap_never_leaves_the_root(swapped_album
                                                                    settings: Settings):
     handlers = {"files": {"roots": [str(file_area.root)], "thumbnail_sizes": [32]}}
     ids = [queue.add("file:generate-thumbnails", {"filePath": "album/photo.png"}, max_attempts=1).id
-           for _ in range(6)]
+           for _ in range(3)]
     ids += [queue.add("file:process-upload", {"fileId": "w", "filePath": "album/photo.png",
                                               "contentType": "image/png", "enqueueFollowups": False},
-                      max_attempts=1).id for _ in range(6)]
+                      max_attempts=1).id for _ in range(3)]
     service = WorkerService(Settings(settings.values, settings.sources, {"handlers": handlers},
                                      settings.config_file).with_overrides(**FAST))
     service.start()
