@@ -130,7 +130,9 @@ class FileSettings:
                    if "archive_" + f.name in values}
         try:
             return cls(
-                roots=tuple(Path(r).resolve() for r in roots),
+                # As configured (absolute, normalised): a payload may name a root by this path
+                # or by its real path (haosq.handlers.pathguard matches both).
+                roots=tuple(Path(os.path.abspath(r)) for r in roots),
                 output_root=_path(values.get("output_root")),
                 quarantine_dir=_path(values.get("quarantine_dir")),
                 max_file_size=parse_size(values.get("max_file_size", cls.max_file_size), "max_file_size"),

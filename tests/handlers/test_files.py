@@ -502,3 +502,15 @@ def test_thumbnails_and_compressed_copies_keep_the_originals_mode_and_group(file
     ctx = job_context("file:compress-media", payload, {"files": file_area.table()})
     info = os.stat(compress_media(payload, ctx)["output"])
     assert (oct(stat.S_IMODE(info.st_mode)), info.st_gid) == (oct(0o604), group)
+
+
+def test_a_root_configured_through_a_symlink_takes_paths_through_it_or_through_its_target(
+        file_area, job_context, tmp_path):
+    alias = tmp_path / "uploads-link"
+    alias.symlink_to(file_area.root, target_is_directory=True)
+    photo = make_image(file_area.root / "photo.jpg", (64, 48))
+    table = {"files": {"roots": [str(alias)]}}
+    for path in (str(alias / "photo.jpg"), str(photo), "photo.jpg"):
+        payload = {"fileId": "l", "filePath": path, "contentType": "image/jpeg", "enqueueFollowups": False}
+        assert process_upload(payload, job_context("file:process-upload", payload, table))["size"] == (
+            photo.stat().st_size)
