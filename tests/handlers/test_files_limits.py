@@ -58,6 +58,26 @@ def with_handlers(settings: Settings, handlers: dict[str, Any]) -> Settings:
                     settings.config_file)
 
 
+def run_in_worker(queue: JobQueue, conn, settings: Settings, handlers: dict[str, Any], job_type: str,
+                  payload: dict[str, Any]) -> dict[str, Any]:
+    """The job's row once a real worker (process executor) has finished it."""
+    job = queue.add(job_type, payload, max_attempts=5)
+    service = WorkerService(with_handlers(settings, handlers).with_overrides(
+        **{"worker.heartbeat_interval_ms": 200, "worker.poll_interval_ms": 50,
+           "worker.shutdown_timeout_seconds": 1.0, "worker.types": "file"}))
+    service.start()
+    try:
+        deadline = time.monotonic() + 60
+        while (row := conn.execute("SELECT * FROM haosq.jobs WHERE id = %s", (job.id,)).fetchone())[
+                "status"] not in ("failed", "completed"):
+            assert time.monotonic() < deadline, row["status"]
+            time.sleep(0.05)
+    finally:
+        service.stop(timeout=1.0)
+    return dict(row)
+
+
+
 # -- animated images ---------------------------------------------------------------------------
 
 
@@ -87,20 +107,9 @@ def test_a_gif_bomb_fails_at_once_within_a_small_time_and_memory_budget(
 def test_a_gif_bomb_fails_permanently_through_a_real_worker(file_area, queue: JobQueue, conn,
                                                              settings: Settings):
     bomb = make_gif_bomb(file_area.root / "bomb.gif")
-    job = queue.add("file:compress-media", {"filePath": str(bomb), "format": "webp"}, max_attempts=5)
-    service = WorkerService(with_handlers(settings, {"files": file_area.table()}).with_overrides(
-        **{"worker.heartbeat_interval_ms": 200, "worker.poll_interval_ms": 50,
-           "worker.shutdown_timeout_seconds": 1.0, "worker.types": "file"}))
-    service.start()
-    try:
-        deadline = time.monotonic() + 30
-        while (row := conn.execute("SELECT * FROM haosq.jobs WHERE id = %s", (job.id,)).fetchone())[
-                "status"] not in ("failed", "completed"):
-            assert time.monotonic() < deadline, row["status"]
-            time.sleep(0.05)
-    finally:
-        service.stop(timeout=1.0)
-    assert (row["status"], row["attempts"]) == ("failed", 1)  # permanent: no retry
+    row = run_in_worker(queue, conn, settings, {"files": file_area.table()}, "file:compress-media",
+                        {"filePath": str(bomb), "format": "webp"})
+    assert (row["status"], row["attempts"]) == ("failed", 1)  # permanent: no retry (of 5 allowed)
     assert "max_image_total_pixels" in row["error"]
 
 
@@ -239,24 +248,6 @@ def test_frames_past_the_limit_are_refused_while_decoding_a_stream_that_declares
 
 
 # -- the memory cap of the child process ---------------------------------------------------------
-
-
-def run_in_worker(queue: JobQueue, conn, settings: Settings, handlers: dict[str, Any], job_type: str,
-                  payload: dict[str, Any]) -> dict[str, Any]:
-    job = queue.add(job_type, payload, max_attempts=5)
-    service = WorkerService(with_handlers(settings, handlers).with_overrides(
-        **{"worker.heartbeat_interval_ms": 200, "worker.poll_interval_ms": 50,
-           "worker.shutdown_timeout_seconds": 1.0, "worker.types": "file"}))
-    service.start()
-    try:
-        deadline = time.monotonic() + 60
-        while (row := conn.execute("SELECT * FROM haosq.jobs WHERE id = %s", (job.id,)).fetchone())[
-                "status"] not in ("failed", "completed"):
-            assert time.monotonic() < deadline, row["status"]
-            time.sleep(0.05)
-    finally:
-        service.stop(timeout=1.0)
-    return dict(row)
 
 
 def test_a_job_past_its_memory_cap_fails_permanently_and_the_worker_carries_on(file_area, queue: JobQueue,
