@@ -3,7 +3,7 @@
 A decoder's work (and the memory it takes) is the number of frames times the canvas each frame
 is decoded onto; a small file can declare a lot of both (a GIF of 60 frames of 3000x3000 is
 half a megabyte). The image formats that can hold many frames are walked block by block here,
-skipping the compressed data: GIF (image descriptors), PNG/APNG (acTL and fcTL chunks), WebP
+skipping the compressed data: GIF (image descriptors), PNG/APNG (IHDR and acTL chunks), WebP
 (VP8X and ANMF chunks) and TIFF (the chain of IFDs, BigTIFF included). Pillow's own frame
 count is not used for them: for a GIF it decodes every frame to find the next.
 
@@ -102,29 +102,26 @@ def _skip_sub_blocks(source: BinaryIO) -> None:
 
 
 def _png(source: BinaryIO) -> ImageWork:
+    # The chunks before the image data say it all: IHDR the canvas, acTL the frame count a
+    # decoder goes by (Pillow reads no further when it opens the file, nor decodes more frames).
     source.seek(8)
     width = height = 0
-    declared = controls = 0
+    frames = 1
     try:
-        while controls < WALK_LIMIT:
+        while True:
             length, kind = struct.unpack(">I4s", _read(source, 8))
             if kind == b"IHDR":
                 width, height = struct.unpack(">II", _read(source, 8))
                 source.seek(length - 8 + 4, 1)
             elif kind == b"acTL":
-                declared = struct.unpack(">I", _read(source, 4))[0]
+                frames = max(1, struct.unpack(">I", _read(source, 4))[0])
                 source.seek(length - 4 + 4, 1)
-            elif kind == b"fcTL":
-                controls += 1
-                source.seek(length + 4, 1)
-            elif kind == b"IEND":
+            elif kind in (b"IDAT", b"IEND"):
                 break
             else:
                 source.seek(length + 4, 1)
     except EOFError:
         pass
-    # acTL's count is what a decoder trusts; fcTL chunks are what is there. The larger counts.
-    frames = max(declared, controls, 1)
     return ImageWork(frames, width, height, frames * width * height)
 
 

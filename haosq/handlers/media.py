@@ -5,8 +5,8 @@ reading the file object the caller opened below its root (haosq.handlers.pathgua
 writing to the output file it opened there.
 
 Nothing is decoded before the work it asks for is known and allowed: an image's frames,
-canvas and the pixels of all frames together come from its headers (haosq.handlers.
-imageheaders) and a video's resolution, frames and duration from its container, checked
+canvas and the pixels of all frames together come from its headers (imageheaders), and a
+video's resolution, frames and duration from its container, checked
 against `[handlers.files] max_image_*` and `max_video_*`; while decoding, ffmpeg refuses
 frames over the pixel limit and every decoded frame is counted against the same limits (a
 container may understate). A file beyond them fails the job permanently, saying which limit.
