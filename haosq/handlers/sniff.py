@@ -61,7 +61,7 @@ def detect_bytes(head: bytes) -> str:
     if head[:4] == b"RIFF" and len(head) >= 12:
         return {b"WEBP": "image/webp", b"WAVE": "audio/wav", b"AVI ": "video/x-msvideo"}.get(
             head[8:12], OCTET_STREAM)
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
         return "image/tiff"
     if head[:2] == b"BM" and len(head) > 14 and head[6:10] == b"\x00\x00\x00\x00":
         return "image/bmp"

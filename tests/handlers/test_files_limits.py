@@ -124,19 +124,20 @@ def test_a_gif_whose_frames_reach_past_its_screen_is_measured_by_its_frames(file
         process_upload(payload, job_context("file:process-upload", payload, {"files": file_area.table()}))
 
 
-def animated(path: Path, fmt: str, frames: int, size: tuple[int, int] = (100, 80)) -> Path:
+def animated(path: Path, fmt: str, frames: int, size: tuple[int, int] = (100, 80), **options: Any) -> Path:
     images = [Image.new("RGB", size, (index * 20 % 256, 90, 160)) for index in range(frames)]
-    images[0].save(path, format=fmt, save_all=True, append_images=images[1:], duration=50)
+    images[0].save(path, format=fmt, save_all=True, append_images=images[1:], duration=50, **options)
     return path
 
 
-@pytest.mark.parametrize(("name", "fmt", "content_type"), [
-    ("anim.gif", "GIF", "image/gif"), ("anim.png", "PNG", "image/png"),
-    ("anim.webp", "WEBP", "image/webp"), ("pages.tif", "TIFF", "image/tiff"),
+@pytest.mark.parametrize(("name", "fmt", "content_type", "options"), [
+    ("anim.gif", "GIF", "image/gif", {}), ("anim.png", "PNG", "image/png", {}),
+    ("anim.webp", "WEBP", "image/webp", {}), ("pages.tif", "TIFF", "image/tiff", {}),
+    ("pages.btf", "TIFF", "image/tiff", {"big_tiff": True}),
 ])
-def test_every_format_with_frames_is_held_to_frames_times_pixels(name, fmt, content_type, file_area,
+def test_every_format_with_frames_is_held_to_frames_times_pixels(name, fmt, content_type, options, file_area,
                                                                   job_context):
-    path = animated(file_area.root / name, fmt, frames=7)
+    path = animated(file_area.root / name, fmt, frames=7, **options)
     with open(path, "rb") as source, Image.open(path) as image:
         work = measure(source)
         assert work == ImageWork(image.n_frames, 100, 80, image.n_frames * 8000) and image.n_frames == 7

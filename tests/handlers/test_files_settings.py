@@ -73,6 +73,8 @@ def test_sizes():
     (b"\xff\xd8\xff\xe0" + bytes(20), "image/jpeg"),
     (b"\x89PNG\r\n\x1a\n" + bytes(20), "image/png"),
     (b"GIF89a" + bytes(20), "image/gif"),
+    (b"II*\x00" + bytes(20), "image/tiff"),
+    (b"II+\x00\x08\x00\x00\x00" + bytes(20), "image/tiff"),  # BigTIFF
     (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),
     (b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav"),
     (b"\x00\x00\x00\x20ftypisom" + bytes(20), "video/mp4"),
