@@ -26,6 +26,7 @@ from haosq.config import Settings
 from haosq.daemon.execution import ChildDied, JobTimedOut, NotJsonResult, Running, encode_result
 from haosq.db.connection import Database
 from haosq.errors import PermanentError, Retry
+from haosq.handlers.childlimits import enter_job_child
 from haosq.handlers.registry import REGISTRY, CancelEvent, FollowUp, JobContext, JobLogger
 from haosq.models import Job
 
@@ -63,6 +64,7 @@ class _PipeSink:
 
 
 def _child_main(task: ChildTask, pipe: Connection) -> None:
+    enter_job_child()  # handlers may now cap this process's memory (haosq.handlers.childlimits)
     try:
         importlib.import_module(task.module)
         spec = REGISTRY.get(task.job_type)

@@ -12,14 +12,14 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import posixpath
 import stat
 import tarfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from haosq.handlers.file_settings import ArchiveLimits
 from haosq.handlers.sniff import HEAD_BYTES, detect_bytes
@@ -62,19 +62,20 @@ COMPRESSED: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
 STREAM_CHUNK = 1024 * 1024
 
 
-def is_archive(path: Path, detected: str) -> bool:
+def is_archive(detected: str) -> bool:
     """Whether the upload check inspects this file as an archive (zip, tar, compressed)."""
     return detected in ("application/zip", "application/x-tar") or detected in COMPRESSED
 
 
-def inspect_archive(path: Path, limits: ArchiveLimits, *, check_names: bool = True) -> ArchiveSummary:
-    """Measure the archive at `path` against `limits`; raise ArchiveRefused past any of them.
+def inspect_archive(source: BinaryIO, name: str, limits: ArchiveLimits, *,
+                    check_names: bool = True) -> ArchiveSummary:
+    """Measure the opened archive `source` against `limits`; raise ArchiveRefused past any of them.
 
     `check_names=False` only measures (a virus scan compares an archive with clamd's limits,
     and entry names do not change what clamd scans)."""
-    summary = ArchiveSummary(compressed_size=path.stat().st_size, check_names=check_names)
-    with open(path, "rb") as handle:
-        _walk(handle, path.name, 1, summary, limits)
+    summary = ArchiveSummary(compressed_size=os.fstat(source.fileno()).st_size, check_names=check_names)
+    source.seek(0)
+    _walk(source, name, 1, summary, limits)
     return summary
 
 

@@ -43,6 +43,7 @@ from pydantic import Field
 from haosq.db.queries import cleanup as cleanup_sql
 from haosq.errors import ConfigError, PermanentError, Retry
 from haosq.handlers.handler_config import handler_config
+from haosq.handlers.pathguard import Roots, walk
 from haosq.handlers.payloads import Payload, parse_payload
 from haosq.handlers.registry import JobContext, handler
 
@@ -121,90 +122,51 @@ def configured_roots(config: Mapping[str, Any]) -> list[str]:
     return result
 
 
-def locate(directory: str, roots: list[str]) -> tuple[str, list[str]]:
-    """(the root that holds `directory`, the path components below it), or PermanentError."""
+def cleanup_roots(config: Mapping[str, Any], directory: str) -> Roots:
+    """The roots cleanup:old-files may work in; `directory` must be an absolute path."""
+    roots = configured_roots(config)
     if not roots:
         raise PermanentError(
             "cleanup:old-files is disabled: list the directories it may clean in roots of "
             "[handlers.cleanup] (or HAOSQ_CLEANUP_ROOTS)"
         )
-    if not os.path.isabs(directory) or "\x00" in directory:
+    if not os.path.isabs(directory):
         raise PermanentError(
             f"invalid payload: field 'directory' must be an absolute path, got {directory!r}"
         )
-    wanted = os.path.normpath(directory)
-    for root in roots:
-        for form in dict.fromkeys((root, os.path.realpath(root))):
-            if wanted == form or wanted.startswith(form.rstrip("/") + "/"):
-                rest = wanted[len(form):].strip("/")
-                return form, [part for part in rest.split("/") if part]
-    raise PermanentError(
-        f"invalid payload: field 'directory': {directory!r} is not inside a configured cleanup root"
-    )
+    return Roots.of(roots, field="invalid payload: field 'directory'", what="cleanup root")
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-@contextmanager
-def open_below(root: str, parts: list[str]) -> Iterator[int]:
-    """A descriptor of root/parts..., opened one component at a time without following
-    symlinks: a symlink anywhere below the root is refused, never followed out of it."""
-    fd = os.open(root, _DIR_FLAGS)
-    try:
-        for part in parts:
-            try:
-                child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as exc:
-                raise PermanentError(
-                    f"invalid payload: field 'directory': {part!r} below {root} is a symlink, "
-                    f"missing or not a directory ({exc.strerror})"
-                ) from None
-            os.close(fd)
-            fd = child
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def sweep(fd: int, relative: str, *, cutoff: float, matches: Callable[[str, str], bool], dry_run: bool,
+def sweep(fd: int, *, cutoff: float, matches: Callable[[str, str], bool], dry_run: bool,
           recursive: bool, totals: FileSweep, ctx: JobContext) -> None:
-    with os.scandir(fd) as entries:
-        listing = list(entries)
-    for entry in listing:
-        path = f"{relative}/{entry.name}" if relative else entry.name
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISLNK(info.st_mode):
-            totals.symlinks_skipped += 1
-        elif stat.S_ISDIR(info.st_mode) and recursive:
-            try:
-                child = os.open(entry.name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as exc:
-                totals.errors += 1
-                ctx.log.warn("cannot open directory", path=path, error=exc.strerror)
-                continue
-            try:
-                sweep(child, path, cutoff=cutoff, matches=matches, dry_run=dry_run, recursive=recursive,
-                      totals=totals, ctx=ctx)
-            finally:
-                os.close(child)
-        elif stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff and matches(path, entry.name):
-            if not dry_run:
-                try:
-                    os.unlink(entry.name, dir_fd=fd)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    totals.errors += 1
-                    ctx.log.warn("cannot remove file", path=path, error=exc.strerror)
-                    continue
-            totals.files += 1
-            totals.bytes += info.st_size
-            if totals.files % 500 == 0:
-                _stop_if_cancelled(ctx)
+    """Remove (or count) the old files below the directory `fd`, walking iteratively by
+    descriptor (haosq.handlers.pathguard.walk): any depth, no symlink followed."""
+
+    def skipped(relative: str, reason: str) -> None:
+        totals.errors += 1
+        ctx.log.warn("directory skipped", path=relative, reason=reason)
+
+    for visit in walk(fd, skipped):
+        if not recursive:
+            visit.descend.clear()
+        for name, info in visit.entries:
+            path = f"{visit.relative}/{name}" if visit.relative else name
+            if stat.S_ISLNK(info.st_mode):
+                totals.symlinks_skipped += 1
+            elif stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff and matches(path, name):
+                if not dry_run:
+                    try:
+                        os.unlink(name, dir_fd=visit.fd)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        totals.errors += 1
+                        ctx.log.warn("cannot remove file", path=path, error=exc.strerror)
+                        continue
+                totals.files += 1
+                totals.bytes += info.st_size
+                if totals.files % 500 == 0:
+                    _stop_if_cancelled(ctx)
 
 
 def glob_matcher(pattern: str | None) -> Callable[[str, str], bool]:
@@ -219,11 +181,11 @@ def glob_matcher(pattern: str | None) -> Callable[[str, str], bool]:
 def old_files(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Remove files older than N days from a directory under a configured root."""
     fields = parse_payload(OldFiles, payload)
-    root, parts = locate(fields.directory, configured_roots(cleanup_config(ctx)))
+    roots = cleanup_roots(cleanup_config(ctx), fields.directory)
     totals = FileSweep()
     cutoff = time() - fields.older_than_days * 86_400
-    with open_below(root, parts) as fd:
-        sweep(fd, "", cutoff=cutoff, matches=glob_matcher(fields.glob), dry_run=fields.dry_run,
+    with roots.open_directory(fields.directory) as (_, fd):
+        sweep(fd, cutoff=cutoff, matches=glob_matcher(fields.glob), dry_run=fields.dry_run,
               recursive=fields.recursive, totals=totals, ctx=ctx)
     ctx.log.info("old files " + ("found" if fields.dry_run else "removed"), files=totals.files,
                  bytes=totals.bytes)

@@ -12,14 +12,13 @@ again to a recipient the server already accepted: each acceptance is checkpointe
 from __future__ import annotations
 
 import mimetypes
-import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
@@ -29,6 +28,7 @@ from haosq.errors import PermanentError
 from haosq.handlers.digest_source import DigestBatch, claim_digest, finish_digest, pending_recipients
 from haosq.handlers.htmltext import html_to_text
 from haosq.handlers.mailer import Refusal, SmtpConfig, SmtpSession, TemporarySmtpError
+from haosq.handlers.pathguard import Roots
 from haosq.handlers.payloads import Payload, check_address, check_header_text, parse_payload
 from haosq.handlers.ratelimit import RateLimiter
 from haosq.handlers.registry import JobContext, handler
@@ -182,27 +182,31 @@ class DigestEmail(MessageFields):
 
 # -- messages -------------------------------------------------------------------------------
 
-def resolve_attachment(path: str, config: SmtpConfig, field: str) -> Path:
-    """An existing regular file under a configured attachment root (symlinks resolved first)."""
+@dataclass(frozen=True)
+class AttachedFile:
+    """An attachment's bytes, read below an attachment root, and its file name there."""
+
+    name: str
+    data: bytes
+    spec: Attachment
+
+
+def read_attachment(spec: Attachment, config: SmtpConfig, field: str) -> AttachedFile:
+    """The bytes of a regular file below a configured attachment root (opened by directory
+    descriptor, no symlink followed); relative paths are looked up in each root in turn."""
+    label = f"invalid payload: field {field!r}"
     if not config.attachment_roots:
         raise PermanentError(
-            f"invalid payload: field {field!r}: attachments are disabled "
-            "(set attachment_root in [handlers.smtp] or HAOSQ_ATTACHMENT_ROOT)"
+            f"{label}: attachments are disabled (set attachment_root in [handlers.smtp] or "
+            "HAOSQ_ATTACHMENT_ROOT)"
         )
-    for root in config.attachment_roots:
-        real_root = os.path.realpath(root)
-        candidate = os.path.realpath(os.path.join(real_root, path))
-        if os.path.commonpath([real_root, candidate]) == real_root and os.path.isfile(candidate):
-            size = os.path.getsize(candidate)
-            if size > config.max_attachment_bytes:
-                raise PermanentError(
-                    f"invalid payload: field {field!r}: {size} bytes is over the attachment limit "
-                    f"of {config.max_attachment_bytes}"
-                )
-            return Path(candidate)
-    raise PermanentError(
-        f"invalid payload: field {field!r}: {path!r} is not a file under an allowed attachment root"
-    )
+    roots = Roots.of(config.attachment_roots, field=label, what="attachment root")
+    with roots.open_file(spec.path) as opened:
+        size = opened.info.st_size
+        if size > config.max_attachment_bytes:
+            raise PermanentError(
+                f"{label}: {size} bytes is over the attachment limit of {config.max_attachment_bytes}")
+        return AttachedFile(opened.name, opened.file.read(config.max_attachment_bytes + 1), spec)
 
 
 def build_message(
@@ -215,7 +219,7 @@ def build_message(
     html: str | None,
     text: str | None,
     headers: dict[str, str],
-    attachments: Sequence[tuple[Path, Attachment]] = (),
+    attachments: Sequence[AttachedFile] = (),
     message_id: str,
 ) -> EmailMessage:
     message = EmailMessage()
@@ -233,11 +237,13 @@ def build_message(
     message.set_content(text if text is not None else html_to_text(html or ""))
     if html is not None:
         message.add_alternative(html, subtype="html")
-    for path, spec in attachments:
-        content_type = spec.content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    for attached in attachments:
+        spec = attached.spec
+        guessed = mimetypes.guess_type(attached.name)[0]
+        content_type = spec.content_type or guessed or "application/octet-stream"
         maintype, subtype = content_type.split("/", 1)
-        message.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype,
-                               filename=spec.filename or path.name)
+        message.add_attachment(attached.data, maintype=maintype, subtype=subtype,
+                               filename=spec.filename or attached.name)
     return message
 
 
@@ -274,8 +280,7 @@ def send_email(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     fields = parse_payload(SendEmail, payload)
     config = SmtpConfig.from_context(ctx)
     sender = sender_of(fields, config)
-    files = [(resolve_attachment(a.path, config, f"attachments[{i}]"), a)
-             for i, a in enumerate(fields.attachments)]
+    files = [read_attachment(a, config, f"attachments[{i}]") for i, a in enumerate(fields.attachments)]
     message = build_message(
         sender=sender, to=fields.to, cc=fields.cc, reply_to=fields.reply_to, subject=fields.subject,
         html=fields.html, text=fields.text, headers=fields.headers, attachments=files,

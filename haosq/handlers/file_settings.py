@@ -54,6 +54,28 @@ class ArchiveLimits:
 
 
 @dataclass(frozen=True)
+class ImageLimits:
+    """The decoding an image may ask for (`max_image_*`): pixels of one frame, frames, and
+    pixels of all frames together. Checked from the headers, before anything is decoded."""
+
+    pixels: int = 50_000_000
+    frames: int = 1_000
+    total_pixels: int = 100_000_000
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """The decoding a video may ask for (`max_video_*`): pixels of one frame, frames, seconds,
+    and pixels of all frames together. Checked from the container's metadata before decoding,
+    and again frame by frame while decoding (a container may understate)."""
+
+    pixels: int = 8192 * 4320
+    frames: int = 1_000_000
+    duration: float = 6 * 3600.0
+    total_pixels: int = 10**12
+
+
+@dataclass(frozen=True)
 class ClamdLimits:
     """The limits of the clamd that scans: clamd answers OK for what it skipped, so haosq
     must know them to report `not_scanned` instead. Defaults are clamd's own."""
@@ -71,7 +93,9 @@ class FileSettings:
     output_root: Path | None = None
     quarantine_dir: Path | None = None
     max_file_size: int = 100 * 1024**2
-    max_image_pixels: int = 50_000_000
+    max_memory: int = 2 * 1024**3
+    image: ImageLimits = field(default_factory=ImageLimits)
+    video: VideoLimits = field(default_factory=VideoLimits)
     strip_gps: bool = False
     thumbnail_sizes: tuple[int, ...] = (128, 512)
     thumbnail_format: str = "webp"
@@ -85,8 +109,11 @@ class FileSettings:
     @classmethod
     def load(cls, table: Mapping[str, Any], env: Mapping[str, str] | None = None) -> FileSettings:
         values = with_environment(table, ENV_NAMES, env)
-        known = {f.name for f in fields(cls)} | {"archive_" + f.name for f in fields(ArchiveLimits)} | {
-            "clamd_" + f.name for f in fields(ClamdLimits)}
+        known = ({f.name for f in fields(cls)} - {"image", "video"}
+                 | {"archive_" + f.name for f in fields(ArchiveLimits)}
+                 | {"clamd_" + f.name for f in fields(ClamdLimits)}
+                 | {"max_image_" + f.name for f in fields(ImageLimits)}
+                 | {"max_video_" + f.name for f in fields(VideoLimits)})
         unknown = sorted(set(values) - known)
         if unknown:
             raise PermanentError(f"unknown key(s) in [handlers.files]: {', '.join(unknown)}")
@@ -103,11 +130,15 @@ class FileSettings:
                    if "archive_" + f.name in values}
         try:
             return cls(
-                roots=tuple(Path(r).resolve() for r in roots),
+                # As configured (absolute, normalised): a payload may name a root by this path
+                # or by its real path (haosq.handlers.pathguard matches both).
+                roots=tuple(Path(os.path.abspath(r)) for r in roots),
                 output_root=_path(values.get("output_root")),
                 quarantine_dir=_path(values.get("quarantine_dir")),
                 max_file_size=parse_size(values.get("max_file_size", cls.max_file_size), "max_file_size"),
-                max_image_pixels=int(values.get("max_image_pixels", cls.max_image_pixels)),
+                max_memory=parse_size(values.get("max_memory", cls.max_memory), "max_memory"),
+                image=ImageLimits(**_limits(values, "max_image_", ImageLimits)),
+                video=VideoLimits(**_limits(values, "max_video_", VideoLimits)),
                 strip_gps=_flag(values.get("strip_gps", False), "strip_gps"),
                 thumbnail_sizes=tuple(int(s) for s in values.get("thumbnail_sizes", cls.thumbnail_sizes)),
                 thumbnail_format=str(values.get("thumbnail_format", cls.thumbnail_format)).lower(),
@@ -130,6 +161,20 @@ class FileSettings:
             raise PermanentError(
                 "no file roots are configured: set [handlers.files] roots or HAOSQ_FILE_ROOTS")
         return self.roots
+
+
+def _limits(values: Mapping[str, Any], prefix: str, limits: type) -> dict[str, Any]:
+    """The `prefix*` keys of a limits table as that dataclass's fields, each a positive number."""
+    chosen: dict[str, Any] = {}
+    for item in fields(limits):
+        key = prefix + item.name
+        if key not in values:
+            continue
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise PermanentError(f"handlers.files.{key} must be a positive number, not {value!r}")
+        chosen[item.name] = float(value) if item.type == "float" else int(value)
+    return chosen
 
 
 def _flag(value: Any, name: str) -> bool:

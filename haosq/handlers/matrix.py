@@ -19,8 +19,7 @@ import json
 import time
 import zipfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, BinaryIO, Literal
 
 from pydantic import Field, model_validator
 
@@ -28,7 +27,7 @@ from haosq.db.queries import profiles
 from haosq.errors import PermanentError, Retry
 from haosq.handlers.matrix_api import MatrixApiError, MatrixClient, q
 from haosq.handlers.matrix_settings import MatrixSettings
-from haosq.handlers.pathguard import atomic_output
+from haosq.handlers.pathguard import atomic_output, output_directory
 from haosq.handlers.payloads import Payload, parse_payload
 from haosq.handlers.registry import JobContext, handler
 
@@ -169,26 +168,31 @@ def user_export(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     export_root = settings.require_export_root()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     localpart = request.user_id[1:].split(":", 1)[0]
-    target = export_root / f"{_safe(localpart)}-{stamp}-{ctx.job_id}.{request.format}"
+    name = f"{_safe(localpart)}-{stamp}-{ctx.job_id}.{request.format}"
+    target = export_root / name
     with client_for(settings, ctx) as client:
         user = client.get(f"{ADMIN}/v2/users/{q(request.user_id)}")
-        with atomic_output(target) as temp:
-            counts = _write_export(temp, request, user, client, ctx)
+        with output_directory(export_root, what="export_root") as dir_fd, \
+                atomic_output(dir_fd, name) as output:
+            counts = _write_export(output.file, request, user, client, ctx)
     ctx.log.info("user exported", user_id=request.user_id, path=str(target), **counts)
     return {"userId": request.user_id, "path": str(target), "format": request.format,
-            "bytes": target.stat().st_size, "counts": counts}
+            "bytes": output.size, "counts": counts}
 
 
 def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-=" else "_" for ch in text)[:100]
 
 
-def _write_export(temp: Path, request: UserExportPayload, user: dict[str, Any], client: MatrixClient,
+def _write_export(out: BinaryIO, request: UserExportPayload, user: dict[str, Any], client: MatrixClient,
                   ctx: JobContext) -> dict[str, int]:
     if request.format == "json":
-        with open(temp, "w", encoding="utf-8") as out:
-            return _stream_export(out, request, user, client, ctx)
-    with zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED) as archive, \
+        text = io.TextIOWrapper(out, encoding="utf-8")
+        counts = _stream_export(text, request, user, client, ctx)
+        text.flush()
+        text.detach()
+        return counts
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive, \
             archive.open("export.json", "w", force_zip64=True) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8")
         counts = _stream_export(text, request, user, client, ctx)

@@ -7,7 +7,10 @@ A URL from a user must not reach the inside of the network (server-side request 
   goes to that checked address (the name is kept for TLS verification and the Host header),
   so a second lookup cannot swap in an internal address (DNS rebinding);
 - private, loopback, link-local, multicast, reserved and unspecified addresses are refused
-  unless the policy lists them (`allow_private = ["127.0.0.1", "10.0.0.0/8"]`);
+  unless the policy lists them (`allow_private = ["127.0.0.1", "10.0.0.0/8"]`); an IPv6
+  address that stands for an IPv4 address (IPv4-compatible, mapped or translated, NAT64,
+  6to4) is judged by that IPv4 address, and the ranges whose IPv4 address cannot be known
+  here (local-use NAT64, Teredo) are refused;
 - redirects are never followed (a redirect is the response, for the caller to judge);
 - responses are read up to a size limit.
 
@@ -82,9 +85,7 @@ class NetPolicy:
         embedded = embedded_ipv4(address)
         if embedded is not None:
             return self.allows(embedded)
-        if isinstance(address, ipaddress.IPv6Address) and address.teredo is not None:
-            return False  # a tunnel to an address that cannot be checked here
-        return address.is_global and not address.is_multicast
+        return is_public(address)
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
@@ -93,18 +94,37 @@ class NetPolicy:
         return context
 
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Blocks that are not globally reachable (IANA's special-purpose registries), listed here as
+# well as asked of `ipaddress`, whose tables differ between Python releases.
+NON_PUBLIC = tuple(ipaddress.ip_network(block) for block in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20",
+    "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+))
+# IPv6 prefixes whose last 32 bits are an IPv4 address: IPv4-compatible, IPv4-mapped,
+# IPv4-translated (SIIT) and the well-known NAT64 prefix.
+_EMBEDS_IN_LOW_BITS = tuple(ipaddress.ip_network(block) for block in (
+    "::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96",
+))
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for (mapped, NAT64, 6to4), to check that one."""
+    """The IPv4 address an IPv6 address stands for (compatible, mapped, translated, NAT64,
+    6to4), so that the IPv4 address is the one checked."""
     if not isinstance(address, ipaddress.IPv6Address):
         return None
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address in _NAT64:
+    if any(address in prefix for prefix in _EMBEDS_IN_LOW_BITS):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address.sixtofour
+
+
+def is_public(address: IPAddress) -> bool:
+    """Globally reachable unicast: nothing private, local, reserved, multicast or special."""
+    if any(address in network for network in NON_PUBLIC if network.version == address.version):
+        return False
+    return address.is_global and not (address.is_multicast or address.is_reserved)
 
 
 @dataclass(frozen=True)
@@ -156,8 +176,10 @@ def check_url(url: str, policy: NetPolicy, resolver: Resolver = system_resolver)
     for text in addresses:
         address = ipaddress.ip_address(text.split("%", 1)[0])
         if not policy.allows(address):
+            embedded = embedded_ipv4(address)
+            shown = f"{address} (IPv4 {embedded})" if embedded is not None else str(address)
             raise UnsafeDestination(
-                f"refused URL {url!r}: {host} resolves to {address}, a private, loopback, "
+                f"refused URL {url!r}: {host} resolves to {shown}, a private, loopback, "
                 "link-local or reserved address (list it in allow_private to permit it)"
             )
     target = parts.path or "/"

@@ -7,7 +7,7 @@ archives). The claimed content type is checked against it: a PNG uploaded as
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import BinaryIO
 
 OCTET_STREAM = "application/octet-stream"
 HEAD_BYTES = 4096
@@ -61,7 +61,7 @@ def detect_bytes(head: bytes) -> str:
     if head[:4] == b"RIFF" and len(head) >= 12:
         return {b"WEBP": "image/webp", b"WAVE": "audio/wav", b"AVI ": "video/x-msvideo"}.get(
             head[8:12], OCTET_STREAM)
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
         return "image/tiff"
     if head[:2] == b"BM" and len(head) > 14 and head[6:10] == b"\x00\x00\x00\x00":
         return "image/bmp"
@@ -118,9 +118,12 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
-def detect_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return detect_bytes(handle.read(HEAD_BYTES))
+def detect_file(source: BinaryIO) -> str:
+    """The type of an opened file, from its first bytes (the position is left at the start)."""
+    source.seek(0)
+    head = source.read(HEAD_BYTES)
+    source.seek(0)
+    return detect_bytes(head)
 
 
 def claim_agrees(claimed: str, detected: str) -> bool:

@@ -1,10 +1,13 @@
-"""Files made by the tests: images (with GPS EXIF, a decompression bomb), video, archives, malware markers."""
+"""Files made by the tests: images (with GPS EXIF, a decompression bomb), video, archives, malware
+markers, a directory tree deeper than PATH_MAX."""
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import struct
+import time
 import wave
 import zipfile
 import zlib
@@ -153,3 +156,178 @@ def zip_bytes(entries: dict[str, bytes]) -> bytes:
         for name, data in entries.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+DEEP = "directory-with-a-long-name"
+
+
+def make_deep_tree(root: Path, depth: int, old_file_every: int, age_days: float) -> int:
+    """Directories named DEEP nested `depth` deep below root, made by descriptor (the whole path is
+    longer than PATH_MAX); an old file every `old_file_every` levels. Returns the files made."""
+    stamp = time.time() - age_days * 86_400
+    made = 0
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(depth):
+            if level % old_file_every == 0:
+                file_fd = os.open(f"old-{level}.log", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+                os.write(file_fd, b"x")
+                os.utime(file_fd, (stamp, stamp))
+                os.close(file_fd)
+                made += 1
+            os.mkdir(DEEP, dir_fd=fd)
+            child = os.open(DEEP, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        file_fd = os.open("bottom.log", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.utime(file_fd, (stamp, stamp))
+        os.close(file_fd)
+    finally:
+        os.close(fd)
+    return made + 1
+
+
+def files_in_tree(root: Path) -> int:
+    """Regular files left in the tree, counted by descriptor (iteratively)."""
+    left = 0
+    pending = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    while pending:
+        fd = pending.pop()
+        for entry in os.scandir(fd):
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd))
+            elif entry.is_file(follow_symlinks=False):
+                left += 1
+        os.close(fd)
+    return left
+
+
+def remove_deep_tree(root: Path) -> None:
+    """Remove the deep tree bottom-up by descriptor (shutil.rmtree would recurse as deep)."""
+    chain = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    while True:
+        names = os.listdir(chain[-1])
+        below = [n for n in names if n == DEEP]
+        for name in names:
+            if name not in below:
+                os.unlink(name, dir_fd=chain[-1])
+        if not below:
+            break
+        chain.append(os.open(below[0], os.O_RDONLY | os.O_DIRECTORY, dir_fd=chain[-1]))
+    while len(chain) > 1:
+        os.close(chain.pop())
+        os.rmdir(DEEP, dir_fd=chain[-1])
+    os.close(chain[0])
+    root.rmdir()
+
+
+def _lzw_constant(pixels: int, min_code_size: int = 2) -> bytes:
+    """GIF LZW data for `pixels` pixels of colour 0, as a GIF encoder would write them: runs
+    of growing length, so that 9 million pixels take a few kilobytes."""
+    clear, end = 1 << min_code_size, (1 << min_code_size) + 1
+    out = bytearray()
+    bits = nbits = 0
+
+    def emit(code: int, width: int) -> None:
+        nonlocal bits, nbits
+        bits |= code << nbits
+        nbits += width
+        while nbits >= 8:
+            out.append(bits & 0xFF)
+            bits >>= 8
+            nbits -= 8
+
+    width, next_code = min_code_size + 1, end + 1
+    emit(clear, width)
+    run, left = 1, pixels  # the run of zeros the next code stands for
+    while left:
+        length = min(run, left)
+        emit(0 if length == 1 else end + length - 1, width)  # runs of 2, 3, ... are codes 6, 7, ...
+        left -= length
+        if not left:
+            break
+        # Each code but the last adds a table entry (the run one longer); the decoder adds it
+        # one code later, and widens its codes when its table reaches a power of two.
+        next_code += 1
+        run += 1
+        if next_code == 4096:  # the table is full: start again
+            emit(clear, width)
+            width, next_code, run = min_code_size + 1, end + 1, 1
+        elif next_code == (1 << width) + 1 and width < 12:
+            width += 1
+    emit(end, width)
+    if nbits:
+        out.append(bits & 0xFF)
+    return bytes(out)
+
+
+def make_gif_bomb(path: Path, width: int = 3000, height: int = 3000, frames: int = 60) -> Path:
+    """An animated GIF of `frames` frames of width x height, every pixel set (it decodes in
+    full), written without encoding an image: about half a megabyte for the defaults."""
+    data = _lzw_constant(width * height)
+    blocks = b"".join(bytes([len(data[i:i + 255])]) + data[i:i + 255] for i in range(0, len(data), 255))
+    frame = (b"\x21\xf9\x04\x00\x0a\x00\x00\x00"                     # graphic control: 100 ms
+             + b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0)
+             + b"\x02" + blocks + b"\x00")
+    header = (b"GIF89a" + struct.pack("<HHBBB", width, height, 0x81, 0, 0)   # 4-colour global table
+              + b"\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00\xff"
+              + b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00")              # loop forever
+    path.write_bytes(header + frame * frames + b"\x3b")
+    return path
+
+
+def _jpeg(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "JPEG", quality=50)
+    return buffer.getvalue()
+
+
+class _WriteOnly:
+    """A file that can only be written to: a muxer cannot go back to fill in durations."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def write(self, data: bytes) -> int:
+        return int(self._handle.write(data))
+
+
+def make_mjpeg_mkv(path: Path, frame_sizes: list[tuple[int, int]], *, declared: tuple[int, int] = (64, 64),
+                   seekable: bool = True) -> Path:
+    """A Matroska file of Motion-JPEG frames, one JPEG per frame at the sizes given, under a
+    track that declares `declared`. Written as a stream (`seekable=False`), it declares
+    neither its duration nor its frame count."""
+    import av
+
+    with open(path, "wb") as raw, \
+            av.open(raw if seekable else _WriteOnly(raw), "w", format="matroska") as out:
+        stream = out.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = declared[0], declared[1], "yuvj420p"
+        for index, size in enumerate(frame_sizes):
+            packet = av.Packet(_jpeg(size, (200, 40, 40)))
+            packet.stream = stream
+            packet.pts = packet.dts = index
+            packet.time_base = Fraction(1, 10)
+            out.mux(packet)
+    return path
+
+
+def make_avi_declaring(path: Path, width: int, height: int) -> Path:
+    """An AVI of three 64x64 raw frames whose headers declare width x height."""
+    import av
+
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("rawvideo", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for index in range(3):
+            frame = av.VideoFrame.from_image(Image.new("RGB", (64, 64), "red")).reformat(format="yuv420p")
+            frame.pts, frame.time_base = index, Fraction(1, 10)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    data = bytearray(path.read_bytes())
+    main = data.index(b"avih") + 8
+    data[main + 32:main + 40] = struct.pack("<II", width, height)      # dwWidth, dwHeight
+    bitmap = data.index(b"strf") + 8
+    data[bitmap + 4:bitmap + 12] = struct.pack("<ii", width, height)   # biWidth, biHeight
+    path.write_bytes(data)
+    return path

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from haosq.errors import ConfigError, PermanentError
+from tests.handlers.file_samples import files_in_tree, make_deep_tree, remove_deep_tree
 
 DAY = 86_400
 
@@ -67,7 +69,7 @@ def test_old_files_refuses_paths_outside_the_roots(run_handler, tree, tmp_path):
     root, outside = tree["root"], tree["outside"]
     cases = [
         (str(outside), "not inside a configured cleanup root"),
-        (f"{root}/../outside", "not inside a configured cleanup root"),
+        (f"{root}/../outside", "contains '..'"),
         (str(root / "link-out"), "symlink"),                 # a symlink out of the root
         ("relative/path", "absolute path"),
         (str(root / "missing"), "missing"),
@@ -194,3 +196,17 @@ def test_job_logs_alone_also_prunes_finished_jobs_like_the_seed(run_handler, que
                                      handlers={"cleanup": {"job_retention_days": 365}})
     assert kept_by_config["jobs_deleted"] == 0
     assert kept in {row["id"] for row in conn.execute("SELECT id FROM haosq.jobs")}
+
+
+def test_old_files_walks_a_tree_deeper_than_the_recursion_limit(run_handler, tmp_path):
+    root = tmp_path / "deep"
+    root.mkdir()
+    depth = sys.getrecursionlimit() + 500
+    made = make_deep_tree(root, depth, old_file_every=100, age_days=40)
+    try:
+        result = run_handler.run("cleanup:old-files", {"directory": str(root), "olderThanDays": 30},
+                                 handlers=cleanup_config(root))
+        assert result["files_removed"] == made and result["errors"] == 0
+        assert files_in_tree(root) == 0
+    finally:
+        remove_deep_tree(root)

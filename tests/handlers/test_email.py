@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,8 @@ def test_attachments_only_from_the_allowed_root(run_handler, smtp, tmp_path: Pat
     secret = tmp_path / "secret.txt"
     secret.write_text("do not send")
     (root / "escape.txt").symlink_to(secret)
+    (root / "sub").symlink_to(tmp_path, target_is_directory=True)
+    os.link(secret, root / "hard.txt")
     handlers = smtp.handlers_config(attachment_root=str(root))
 
     result = run_handler.run("email:send", {
@@ -137,8 +140,10 @@ def test_attachments_only_from_the_allowed_root(run_handler, smtp, tmp_path: Pat
     assert [p.get_filename() for p in parts] == ["report.csv", "copy.csv"]
     assert parts[0].get_content() == "a,b\n1,2\n"
 
-    for bad in ("escape.txt", "../secret.txt", str(secret)):
-        with pytest.raises(PermanentError, match="attachments\\[0\\]"):
+    for bad, reason in (("escape.txt", "is a symlink"), ("sub/secret.txt", "goes through 'sub', a symlink"),
+                        ("hard.txt", "is a hard link"), ("../secret.txt", "contains '..'"),
+                        (str(secret), "is not inside a configured attachment root")):
+        with pytest.raises(PermanentError, match=f"field 'attachments\\[0\\]': '.*' {reason}"):
             run_handler.run("email:send", {"to": "a@example.org", "subject": "s", "text": "t",
                                            "attachments": [bad]}, handlers=handlers)
     assert len(smtp.received) == 1

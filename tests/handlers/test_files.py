@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import grp
 import gzip
 import hashlib
 import io
 import os
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -52,12 +54,39 @@ def test_upload_of_a_photo_reports_metadata_strips_gps_and_enqueues_followups(fi
         assert exif[0x0112] == 6
     with Image.open(photo) as untouched:
         assert 0x8825 in untouched.getexif()
-    assert [f.type for f in ctx.followups] == ["file:generate-thumbnails", "file:virus-scan"]
-    assert ctx.followups[1].payload == {"fileId": "file_123", "filePath": str(photo),
+    assert [f.type for f in ctx.followups] == ["file:generate-thumbnails"]
+    assert ctx.followups[0].payload == {"fileId": "file_123", "filePath": str(photo),
                                         "contentType": "image/jpeg"}
     logs = conn.execute("SELECT message FROM haosq.job_logs WHERE job_id = %s ORDER BY id",
                         (ctx.job_id,)).fetchall()
-    assert [row["message"] for row in logs] == ["GPS EXIF removed", "upload checked"]
+    assert [row["message"].split(":")[0] for row in logs] == [
+        "GPS EXIF removed", "no virus scan", "upload checked"]
+
+
+def test_the_virus_scan_follows_an_upload_only_where_a_clamd_is_configured(file_area, job_context, conn,
+                                                                           monkeypatch):
+    document = file_area.root / "notes.txt"
+    document.write_text("plain words\n")
+    payload = {"fileId": "doc-1", "filePath": "notes.txt", "contentType": "text/plain"}
+
+    ctx = job_context("file:process-upload", payload, {"files": file_area.table()})
+    result = process_upload(payload, ctx)
+    assert result["followups"] == [] and ctx.followups == []
+    assert result["virusScan"] == "not configured"
+    logged = conn.execute("SELECT level, message, metadata FROM haosq.job_logs WHERE job_id = %s "
+                          "AND message LIKE 'no virus scan%%'", (ctx.job_id,)).fetchone()
+    assert logged["level"] == "info" and "clamd_address" in logged["message"]
+    assert logged["metadata"] == {"file_id": "doc-1"}
+
+    for handlers in ({"files": file_area.table(clamd_address="/run/clamav/clamd.ctl")}, None):
+        if handlers is None:  # the address from the environment counts as configured too
+            monkeypatch.setenv("HAOSQ_CLAMD_ADDRESS", "127.0.0.1:3310")
+            handlers = {"files": file_area.table()}
+        ctx = job_context("file:process-upload", payload, handlers)
+        result = process_upload(payload, ctx)
+        assert result["followups"] == ["file:virus-scan"] and "virusScan" not in result
+        assert [(f.type, f.payload["filePath"]) for f in ctx.followups] == [
+            ("file:virus-scan", str(document))]
 
 
 def test_upload_can_strip_gps_in_place_when_the_payload_asks(file_area, job_context):
@@ -119,10 +148,15 @@ def test_bad_payloads_fail_naming_the_field(file_area, job_context, payload, mes
 def test_paths_outside_the_roots_are_refused(file_area, job_context, tmp_path):
     outside = make_image(tmp_path / "secret.png", (16, 16), fmt="PNG")
     (file_area.root / "link.png").symlink_to(outside)
-    cases = [str(outside), str(file_area.root / ".." / "secret.png"), "link.png", "../secret.png"]
-    for path in cases:
+    (file_area.root / "sub").symlink_to(tmp_path, target_is_directory=True)
+    cases = [(str(outside), "is not inside a configured file root"),
+             (str(file_area.root / ".." / "secret.png"), "contains '..'"),
+             ("../secret.png", "contains '..'"),
+             ("link.png", "is a symlink, which is never followed"),
+             ("sub/secret.png", "goes through 'sub', a symlink, which is never followed")]
+    for path, message in cases:
         payload = {"fileId": "x", "filePath": path, "contentType": "image/png"}
-        with pytest.raises(PermanentError, match="outside the configured file roots"):
+        with pytest.raises(PermanentError, match=f"filePath: '.*' {message}"):
             process_upload(payload, job_context("file:process-upload", payload,
                                                 {"files": file_area.table()}))
     payload = {"fileId": "x", "filePath": "missing.png", "contentType": "image/png"}
@@ -152,7 +186,7 @@ def test_upload_of_a_video_reports_duration_codec_and_dimensions(file_area, job_
     assert meta["duration"] == pytest.approx(2.0, abs=0.1)
     assert (meta["videoCodec"], meta["width"], meta["height"]) == ("mpeg4", 320, 240)
     assert meta["frameRate"] == pytest.approx(24.0)
-    assert result["followups"] == ["file:generate-thumbnails", "file:virus-scan"]
+    assert result["followups"] == ["file:generate-thumbnails"]  # no clamd configured: no scan
 
 
 def test_upload_of_audio_and_of_video_with_sound(file_area, job_context):
@@ -164,7 +198,7 @@ def test_upload_of_audio_and_of_video_with_sound(file_area, job_context):
     assert (meta["kind"], meta["audioCodec"], meta["sampleRate"], meta["channels"]) == (
         "audio", "pcm_s16le", 22050, 1)
     assert meta["duration"] == pytest.approx(1.5, abs=0.05)
-    assert result["followups"] == ["file:virus-scan"]  # no thumbnail for sound
+    assert result["followups"] == []  # no thumbnail for sound, and no clamd for a scan
 
     video = make_video(file_area.root / "talk.mp4", seconds=1.0, size=(160, 120), audio=True)
     payload = {"fileId": "a2", "filePath": str(video), "contentType": "video/mp4"}
@@ -227,7 +261,7 @@ def test_archive_links_and_depth_are_refused_and_a_sane_archive_passes(file_area
     result = upload(fine, "application/x-zip-compressed")
     assert result["archive"]["entries"] == 3
     assert result["archive"]["depth"] == 2
-    assert result["followups"] == ["file:virus-scan"]
+    assert result["followups"] == []
 
 
 def test_compressed_streams_and_compressed_tars_are_measured(file_area, job_context):
@@ -425,3 +459,58 @@ def test_sniffed_type_not_extension_decides(file_area, job_context):
                                                  {"files": file_area.table()}))
     assert result["kind"] == "image" and result["format"] == "webp"
     assert result["sizeAfter"] < result["sizeBefore"]
+
+
+def _another_group_of_this_process(current: int) -> int:
+    groups = [g for g in os.getgroups() if g != current]
+    if os.geteuid() == 0:  # root may give a file any group
+        groups += [g.gr_gid for g in grp.getgrall() if g.gr_gid != current]
+    if not groups:
+        pytest.skip("this process belongs to one group only")
+    return groups[0]
+
+
+def test_thumbnails_and_compressed_copies_keep_the_originals_mode_and_group(file_area, job_context):
+    (file_area.root / "album").mkdir()
+    photo = make_image(file_area.root / "album" / "photo.jpg", (400, 300), exif=gps_exif())
+    group = _another_group_of_this_process(photo.stat().st_gid)
+    os.chown(photo, -1, group)
+    os.chmod(photo, 0o640)
+    video = make_video(file_area.root / "album" / "clip.mp4", seconds=1.0, size=(160, 120),
+                       bit_rate=6_000_000)
+    os.chown(video, -1, group)
+    os.chmod(video, 0o604)
+
+    outputs = []
+    for table in (file_area.table(strip_gps=True), {"roots": [str(file_area.root)], "strip_gps": True}):
+        upload = {"fileId": "m", "filePath": "album/photo.jpg", "contentType": "image/jpeg",
+                  "enqueueFollowups": False}
+        outputs.append(process_upload(upload, job_context("file:process-upload", upload,
+                                                          {"files": table}))["sanitizedPath"])
+        thumbs = {"filePath": "album/photo.jpg", "sizes": [64]}
+        outputs += [t["path"] for t in generate_thumbnails(
+            thumbs, job_context("file:generate-thumbnails", thumbs, {"files": table}))["thumbnails"]]
+        compress = {"filePath": "album/photo.jpg", "format": "webp", "quality": 30}
+        outputs.append(compress_media(compress, job_context("file:compress-media", compress,
+                                                            {"files": table}))["output"])
+    assert len({Path(p).parent for p in outputs}) == 2  # mirrored under output_root, and next to the original
+    for output in outputs:
+        info = os.stat(output)
+        assert (oct(stat.S_IMODE(info.st_mode)), info.st_gid) == (oct(0o640), group), output
+
+    payload = {"filePath": "album/clip.mp4", "maxWidth": 80, "crf": 40}
+    ctx = job_context("file:compress-media", payload, {"files": file_area.table()})
+    info = os.stat(compress_media(payload, ctx)["output"])
+    assert (oct(stat.S_IMODE(info.st_mode)), info.st_gid) == (oct(0o604), group)
+
+
+def test_a_root_configured_through_a_symlink_takes_paths_through_it_or_through_its_target(
+        file_area, job_context, tmp_path):
+    alias = tmp_path / "uploads-link"
+    alias.symlink_to(file_area.root, target_is_directory=True)
+    photo = make_image(file_area.root / "photo.jpg", (64, 48))
+    table = {"files": {"roots": [str(alias)]}}
+    for path in (str(alias / "photo.jpg"), str(photo), "photo.jpg"):
+        payload = {"fileId": "l", "filePath": path, "contentType": "image/jpeg", "enqueueFollowups": False}
+        assert process_upload(payload, job_context("file:process-upload", payload, table))["size"] == (
+            photo.stat().st_size)

@@ -38,10 +38,30 @@ def test_clamd_limits_come_from_its_config_file_and_table_overrides(tmp_path: Pa
     ({"max_file_size": "lots"}, "not a size"),
     ({"strip_gps": "yes"}, "true or false"),
     ({"clamd_config": "/no/such/clamd.conf"}, "cannot read clamd config"),
+    ({"max_image_frames": 0}, "max_image_frames must be a positive number, not 0"),
+    ({"max_video_duration": "long"}, "max_video_duration must be a positive number, not 'long'"),
+    ({"max_image_total_pixels": True}, "max_image_total_pixels must be a positive number"),
+    ({"max_memory": "lots"}, "max_memory = 'lots' is not a size"),
+    ({"max_image_size": 1}, "unknown key"),
 ])
 def test_bad_configuration_is_a_clear_error(table, message):
     with pytest.raises(PermanentError, match=message):
         FileSettings.load(table, {})
+
+
+def test_the_limits_on_decoding_and_memory_have_defaults_and_can_be_set():
+    defaults = FileSettings.load({}, {})
+    assert (defaults.image.pixels, defaults.image.frames, defaults.image.total_pixels) == (
+        50_000_000, 1_000, 100_000_000)
+    assert (defaults.video.pixels, defaults.video.frames, defaults.video.duration,
+            defaults.video.total_pixels) == (8192 * 4320, 1_000_000, 21_600.0, 10**12)
+    assert defaults.max_memory == 2 * 1024**3
+    tuned = FileSettings.load({"max_image_pixels": 1000, "max_image_frames": 5,
+                               "max_image_total_pixels": 4000, "max_video_pixels": 77,
+                               "max_video_duration": 2.5, "max_memory": "512M"}, {})
+    assert (tuned.image.pixels, tuned.image.frames, tuned.image.total_pixels) == (1000, 5, 4000)
+    assert (tuned.video.pixels, tuned.video.duration, tuned.video.frames) == (77, 2.5, 1_000_000)
+    assert tuned.max_memory == 512 * 1024**2
 
 
 def test_sizes():
@@ -53,6 +73,8 @@ def test_sizes():
     (b"\xff\xd8\xff\xe0" + bytes(20), "image/jpeg"),
     (b"\x89PNG\r\n\x1a\n" + bytes(20), "image/png"),
     (b"GIF89a" + bytes(20), "image/gif"),
+    (b"II*\x00" + bytes(20), "image/tiff"),
+    (b"II+\x00\x08\x00\x00\x00" + bytes(20), "image/tiff"),  # BigTIFF
     (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),
     (b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav"),
     (b"\x00\x00\x00\x20ftypisom" + bytes(20), "video/mp4"),

@@ -103,6 +103,47 @@ def test_upload_followups_are_enqueued_when_the_upload_completes(
                           "payload": {"fileId": "f-2", "filePath": str(photo), "contentType": "image/jpeg"}}]
 
 
+def wait_for_all(conn: psycopg.Connection, timeout: float = 60) -> list[dict]:
+    """Every job once none is pending or processing any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = conn.execute("SELECT * FROM haosq.jobs ORDER BY id").fetchall()
+        if all(row["status"] in ("completed", "failed", "cancelled") for row in rows):
+            return rows
+        assert time.monotonic() < deadline, [(row["type"], row["status"]) for row in rows]
+        time.sleep(0.05)
+
+
+def test_an_upload_without_clamd_leaves_no_failed_scan_behind(queue: JobQueue, conn, file_worker, file_area):
+    photo = make_image(file_area.root / "photo.jpg", (200, 100))
+    upload = queue.add("file:process-upload",
+                       {"fileId": "f-3", "filePath": str(photo), "contentType": "image/jpeg"})
+    file_worker({"files": file_area.table()})  # the default follow-ups, and no clamd_address
+
+    wait_for(conn, upload.id, "completed", "failed")
+    rows = wait_for_all(conn)
+    assert [(row["type"], row["status"]) for row in rows] == [
+        ("file:process-upload", "completed"), ("file:generate-thumbnails", "completed")]
+    assert rows[0]["result"]["virusScan"] == "not configured"
+    assert any(entry.message.startswith("no virus scan: no clamd is configured")
+               for entry in queue.logs(upload.id))
+
+
+def test_an_upload_with_clamd_is_scanned_after_it_is_checked(queue: JobQueue, conn, file_worker, file_area,
+                                                              clamd):
+    photo = make_image(file_area.root / "photo.jpg", (200, 100))
+    upload = queue.add("file:process-upload",
+                       {"fileId": "f-4", "filePath": str(photo), "contentType": "image/jpeg"})
+    file_worker({"files": file_area.table(clamd_address=str(clamd.socket), clamd_config=str(clamd.config))})
+
+    wait_for(conn, upload.id, "completed", "failed")
+    rows = wait_for_all(conn)
+    assert [(row["type"], row["status"]) for row in rows] == [
+        ("file:process-upload", "completed"), ("file:generate-thumbnails", "completed"),
+        ("file:virus-scan", "completed")]
+    assert rows[2]["result"]["status"] == "clean"
+
+
 def test_a_pathological_file_hits_the_timeout_and_the_child_is_killed(
         queue: JobQueue, conn, file_worker, file_area):
     # 49 million pixels (just under the bomb limit): seconds of encoding, well past a 2 s limit.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import httpx
 import pytest
@@ -48,6 +49,83 @@ def test_addresses_are_checked_after_resolution(addresses, allowed):
     else:
         with pytest.raises(UnsafeDestination, match="resolves to"):
             check_url(url, NetPolicy(), resolve)
+
+
+# Every IPv6 form that stands for an IPv4 address is judged by that address.
+@pytest.mark.parametrize(("address", "embedded"), [
+    ("::a00:1", "10.0.0.1"),                          # IPv4-compatible (::/96)
+    ("::7f00:1", "127.0.0.1"),
+    ("::127.0.0.1", "127.0.0.1"),
+    ("::a9fe:a9fe", "169.254.169.254"),
+    ("::ffff:127.0.0.1", "127.0.0.1"),                # IPv4-mapped (::ffff:0:0/96)
+    ("::ffff:a9fe:a9fe", "169.254.169.254"),
+    ("::ffff:c0a8:101", "192.168.1.1"),
+    ("::ffff:0:7f00:1", "127.0.0.1"),                 # IPv4-translated (::ffff:0:0:0/96)
+    ("::ffff:0:a00:1", "10.0.0.1"),
+    ("64:ff9b::7f00:1", "127.0.0.1"),                 # NAT64, well-known prefix (64:ff9b::/96)
+    ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
+    ("64:ff9b::c000:2", "192.0.0.2"),                 # IETF protocol assignments
+    ("2002:7f00:1::1", "127.0.0.1"),                  # 6to4 (2002::/16)
+    ("2002:a9fe:a9fe::", "169.254.169.254"),
+    ("2002:6440:1::1", "100.64.0.1"),
+    ("2002:c612:1::1", "198.18.0.1"),                 # benchmarking
+    ("2002:f000::1", "240.0.0.0"),                    # reserved
+])
+def test_ipv6_forms_of_non_public_ipv4_addresses_are_refused(address, embedded):
+    resolve = resolver_for({"push.example.org": [address]})
+    shown = re.escape(f"{ipaddress.ip_address(address)} (IPv4 {embedded})")
+    with pytest.raises(UnsafeDestination, match=f"resolves to {shown}"):
+        check_url("https://push.example.org/p", NetPolicy(), resolve)
+    with pytest.raises(UnsafeDestination, match="resolves to"):
+        check_url(f"https://[{address}]/p", NetPolicy(), resolve)
+
+
+@pytest.mark.parametrize("address", [
+    "64:ff9b:1::7f00:1",            # local-use NAT64 (64:ff9b:1::/48): translators of one network,
+    "64:ff9b:1:7f00:1::",           # whose embedding position is theirs to choose
+    "64:ff9b:1::5db8:d822",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo (server and client addresses inside)
+    "2001:0:5db8:d822::80ff:fffe",           # Teredo to a client at 127.0.0.1
+    "100::1",                        # discard-only
+    "fec0::1",                       # site-local
+    "fc00::1",                       # unique local
+    "2001:db8::1",                   # documentation
+    "3fff::1",                       # documentation
+    "5f00::1",                       # SRv6 segment identifiers
+    "::1:0:0:1",                     # reserved (::/8), embeds nothing
+    "::", "::1",
+])
+def test_non_public_ipv6_ranges_are_refused(address):
+    resolve = resolver_for({"push.example.org": [address]})
+    with pytest.raises(UnsafeDestination, match="resolves to"):
+        check_url("https://push.example.org/p", NetPolicy(), resolve)
+
+
+@pytest.mark.parametrize("address", [
+    "192.0.0.8", "192.0.0.171", "192.0.2.1", "192.88.99.1", "198.51.100.1", "203.0.113.1",
+    "255.255.255.255", "0.1.2.3", "239.255.255.250",
+])
+def test_non_public_ipv4_blocks_are_refused(address):
+    with pytest.raises(UnsafeDestination, match="resolves to"):
+        check_url(f"https://{address}/p", NetPolicy())
+
+
+@pytest.mark.parametrize("address", [
+    "::ffff:93.184.216.34", "::ffff:0:5db8:d822", "::5db8:d822", "64:ff9b::5db8:d822",
+    "2002:5db8:d822::1",
+])
+def test_ipv6_forms_of_public_ipv4_addresses_pass(address):
+    resolve = resolver_for({"push.example.org": [address]})
+    assert check_url("https://push.example.org/p", NetPolicy(), resolve).address == address
+    assert check_url(f"https://[{address}]/p", NetPolicy()).address == str(ipaddress.ip_address(address))
+
+
+def test_the_allow_list_covers_the_ipv6_forms_of_an_allowed_ipv4_address():
+    policy = NetPolicy.from_config({"allow_private": ["127.0.0.1"]})
+    for address in ("::ffff:127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::1"):
+        assert check_url(f"https://[{address}]:8443/p", policy).address == str(ipaddress.ip_address(address))
+    with pytest.raises(UnsafeDestination, match=r"IPv4 127\.0\.0\.2"):
+        check_url("https://[::ffff:127.0.0.2]/p", policy)
 
 
 def test_allow_list_schemes_and_credentials():
