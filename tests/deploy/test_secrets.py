@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from haosq.secrets import MASK, MaskingFilter, is_secret_key, mask_job_fields, mask_text, mask_value
+from tests.integration.worker_support import WorkerProcess, wait_status
 
 HAOSQ = str(Path(sys.executable).with_name("haosq"))
 
@@ -87,15 +89,26 @@ def test_cli_show_and_list_mask_payloads(queue, cli_env):
     assert json.loads(listed.stdout)[0]["payload"]["smtp_password"] == MASK
 
 
-def test_stored_errors_are_masked():
-    from haosq.daemon.execution import describe_error
-
+def test_errors_are_stored_whole_and_masked_on_display(queue, conn, cli_env, tmp_path):
+    """A real worker stores the error as the handler raised it; the CLI masks it on the way out,
+    and masks only the secret: `KeyError: 'rows'` survives both."""
+    text = "KeyError: 'rows' while calling https://svc:pw77@api.example.com with token=tok-5"
+    job = queue.add("demo:fail", {"message": text, "permanent": True})
+    worker = WorkerProcess({**cli_env, "HAOSQ_POLL_INTERVAL": "50"}, tmp_path / "worker.log",
+                           "--types", "demo")
     try:
-        raise ConnectionError("login failed for smtp://mailer:hunter2@mail.example.com token=abc")
-    except ConnectionError as exc:
-        text = describe_error(exc)
-    assert "hunter2" not in text and "abc" not in text.split("token=")[1][:3]
-    assert "ConnectionError" in text and "smtp://mailer:***@mail.example.com" in text
+        stored = wait_status(conn, job.id, "failed")["error"]
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait()
+    assert stored.startswith(f"PermanentError: {text}")  # nothing lost in the database
+    shown = subprocess.run([HAOSQ, "jobs", "show", str(job.id), "--json"], env=cli_env,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    error = json.loads(shown.stdout)["error"]
+    assert error.startswith("PermanentError: KeyError: 'rows' while calling "
+                            "https://svc:***@api.example.com with token=***")
+    assert "pw77" not in shown.stdout and "tok-5" not in shown.stdout
 
 
 def test_cli_job_logs_are_masked(queue, conn, cli_env):
