@@ -24,6 +24,8 @@ from haosq.cli import tui as tui_commands
 from haosq.cli import worker as worker_commands
 from haosq.cli.common import state
 from haosq.errors import HaosqError
+from haosq.secrets import mask_text
+from haosq.tui.format import visible
 
 app = typer.Typer(
     name="haosq",
@@ -70,7 +72,8 @@ def _one_line(text: str) -> str:
 
 
 def fail(message: str, code: int = 2) -> None:
-    sys.stderr.write(_one_line(message) + "\n")
+    """One line on stderr, secrets masked and control characters shown, then exit."""
+    sys.stderr.write(visible(_one_line(mask_text(message))) + "\n")
     sys.exit(code)
 
 
@@ -95,6 +98,6 @@ def main(argv: list[str] | None = None) -> None:
     except HaosqError as exc:
         fail(f"haosq: error: {exc}")
     except Exception as exc:
-        traceback.print_exc()
+        sys.stderr.write(visible(mask_text("".join(traceback.format_exception(exc)))))
         fail(f"haosq: internal error: {exc}", 1)
     sys.exit(result if isinstance(result, int) else 0)

@@ -16,6 +16,7 @@ from haosq.cli.common import (
     console,
     duration_option,
     local_time,
+    out,
     print_json,
     state,
 )
@@ -23,7 +24,14 @@ from haosq.durations import format_duration
 from haosq.errors import InvalidJob
 from haosq.models import Job, JobStatus
 from haosq.secrets import mask_job_fields, mask_text, mask_value
-from haosq.tui.format import STATUS_STYLE  # one palette for the CLI and the TUI
+from haosq.tui.format import (  # one palette and one way of showing data for the CLI and the TUI
+    LEVEL_STYLE,
+    STATUS_STYLE,
+    age,
+    plain,
+    safe_json,
+    shown_error,
+)
 
 jobs_app = typer.Typer(help="List, inspect, retry and cancel jobs.", no_args_is_help=True)
 workers_app = typer.Typer(help="List workers and clean up dead ones.", no_args_is_help=True)
@@ -117,7 +125,7 @@ def add(
         print_json(job_row(job, queue.clock.now()))
     else:
         when = "" if scheduled_at is None else f", scheduled for {local_time(job.scheduled_at)}"
-        console.print(f"added job {job.id} ({job.type}{when})", markup=False)
+        out(f"added job {job.id} ({job.type}{when})")
 
 
 @jobs_app.command("list")
@@ -148,9 +156,9 @@ def list_jobs(
     for job in jobs:
         shown = display_status(job, now)
         attempts = f"{job.attempts}/{job.max_attempts}" if job.max_attempts else str(job.attempts)
-        table.add_row(str(job.id), job.type, f"[{STATUS_STYLE[shown]}]{shown}[/]",
-                      str(job.priority), attempts, local_time(job.created_at),
-                      mask_text(job.error).splitlines()[0][:80] if job.error else "")
+        table.add_row(plain(job.id), plain(job.type), plain(shown, STATUS_STYLE.get(shown, "")),
+                      plain(job.priority), plain(attempts), plain(local_time(job.created_at)),
+                      plain(shown_error(job.error, first_line=True, limit=80)))
     console.print(table)
 
 
@@ -168,11 +176,11 @@ def show_job(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None
     table.add_column(overflow="fold")
     for name, value in job_row(job, now).items():
         if name in ("payload", "result"):
-            value = json.dumps(value, indent=2, ensure_ascii=False)
+            value = value if isinstance(value, str) else safe_json(value)
         elif isinstance(value, datetime):
             value = local_time(value)
-        table.add_row(name, "-" if value is None else str(value))
-    console.print(table, markup=False)
+        table.add_row(name, plain(value, one_line=False))
+    console.print(table)
 
 
 JobIds = Annotated[list[int], typer.Argument(metavar="JOB_ID...")]
@@ -184,7 +192,7 @@ def retry_jobs(ctx: typer.Context, job_ids: JobIds) -> None:
     queue = state(ctx).queue
     for job_id in job_ids:
         job = queue.retry(job_id)
-        console.print(f"job {job.id} is {job.status.value} again", markup=False)
+        out(f"job {job.id} is {job.status.value} again")
 
 
 @jobs_app.command("cancel")
@@ -194,9 +202,9 @@ def cancel_jobs(ctx: typer.Context, job_ids: JobIds) -> None:
     for job_id in job_ids:
         job = queue.cancel(job_id)
         if job.status is JobStatus.CANCELLED:
-            console.print(f"job {job.id} cancelled", markup=False)
+            out(f"job {job.id} cancelled")
         else:
-            console.print(f"job {job.id} is running: its worker was asked to stop it", markup=False)
+            out(f"job {job.id} is running: its worker was asked to stop it")
 
 
 @jobs_app.command("logs")
@@ -207,17 +215,12 @@ def job_logs(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None
     if as_json:
         print_json(logs)
         return
-    styles = {"debug": "dim", "info": "", "warn": "yellow", "error": "red"}
     for line in logs:
         attempt = f"#{line.attempt} " if line.attempt else ""
-        meta = f" {json.dumps(line.metadata, ensure_ascii=False)}" if line.metadata else ""
-        console.print(
-            f"{local_time(line.created_at)} {attempt}[{styles[line.level]}]{line.level:5}[/] "
-            f"{line.message}{meta}".replace("[]", "").replace("[/]", "[/]"),
-            markup=bool(styles[line.level]), highlight=False,
-        ) if styles[line.level] else console.print(
-            f"{local_time(line.created_at)} {attempt}{line.level:5} {line.message}{meta}",
-            markup=False)
+        meta = f" {safe_json(line.metadata, indent=None)}" if line.metadata else ""
+        level = plain(f"{line.level:5}", LEVEL_STYLE.get(line.level, ""))
+        out(f"{local_time(line.created_at)} {attempt}", level, " ",
+            plain(f"{line.message}{meta}", one_line=False))
 
 
 def stats(ctx: typer.Context, as_json: JsonFlag = False) -> None:
@@ -240,9 +243,8 @@ def stats(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     counts.add_row(*(f"{merged.get(name, 0):,}" for name in order))
     console.print(counts)
     rate = result.success_rate
-    console.print(
-        f"success rate: {'-' if rate is None else f'{rate:.1%}'}   "
-        f"oldest pending: {format_duration(result.oldest_pending_age_seconds)}", markup=False)
+    out(f"success rate: {'-' if rate is None else f'{rate:.1%}'}   "
+        f"oldest pending: {format_duration(result.oldest_pending_age_seconds)}")
     if result.by_type:
         types = Table(title="jobs by type", title_justify="left")
         types.add_column("type")
@@ -250,7 +252,7 @@ def stats(ctx: typer.Context, as_json: JsonFlag = False) -> None:
             if name != "scheduled":
                 types.add_column(name, justify="right")
         for job_type, by_status in sorted(result.by_type.items()):
-            types.add_row(job_type, *(f"{by_status.get(n, 0):,}" for n in order if n != "scheduled"))
+            types.add_row(plain(job_type), *(f"{by_status.get(n, 0):,}" for n in order if n != "scheduled"))
         console.print(types)
 
 
@@ -272,11 +274,11 @@ def list_workers(
                    "heartbeat"):
         table.add_column(column)
     for w in workers:
-        table.add_row(w.worker_id, w.hostname, str(w.pid), w.status, f"{w.busy}/{w.concurrency}",
-                      ",".join(w.job_types) or "all", str(w.jobs_processed),
-                      str(w.jobs_succeeded), str(w.jobs_failed),
-                      format_duration((now - w.last_heartbeat).total_seconds()) + " ago")
-    console.print(table, markup=False)
+        table.add_row(*(plain(cell) for cell in (
+            w.worker_id, w.hostname, w.pid, w.status, f"{w.busy}/{w.concurrency}",
+            ",".join(w.job_types) or "all", w.jobs_processed, w.jobs_succeeded, w.jobs_failed,
+            age(now, w.last_heartbeat, ago=" ago"))))
+    console.print(table)
 
 
 @workers_app.command("cleanup")
@@ -289,8 +291,7 @@ def cleanup_workers(
     assert window is not None
     dead, rescued = state(ctx).queue.cleanup_dead_workers(window)
     names = f": {', '.join(dead)}" if dead else ""
-    console.print(f"{len(dead)} worker(s) marked dead{names}; {rescued} job(s) rescued",
-                  markup=False)
+    out(f"{len(dead)} worker(s) marked dead{names}; {rescued} job(s) rescued")
 
 
 def register(app: typer.Typer) -> None:

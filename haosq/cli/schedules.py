@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from haosq.cli.common import console, local_time, print_json, state
+from haosq.cli.common import console, local_time, out, print_json, state
 from haosq.cli.jobs import read_payload
 from haosq.secrets import mask_job_fields
+from haosq.tui.format import plain
 
 schedules_app = typer.Typer(help="Recurring jobs: list, add, remove, enable, disable, run now.",
                             no_args_is_help=True)
@@ -32,10 +33,11 @@ def list_schedules(ctx: typer.Context, as_json: JsonFlag = False) -> None:
                    "last outcome"):
         table.add_column(column)
     for s in schedules:
-        table.add_row(s.name, s.type, s.every, s.timezone, "yes" if s.enabled else "no",
-                      local_time(s.next_due_at) if s.enabled else "-", local_time(s.last_due_at),
-                      s.last_outcome or "-")
-    console.print(table, markup=False)
+        table.add_row(*(plain(cell) for cell in (
+            s.name, s.type, s.every, s.timezone, "yes" if s.enabled else "no",
+            local_time(s.next_due_at) if s.enabled else "-", local_time(s.last_due_at),
+            s.last_outcome or "-")))
+    console.print(table)
 
 
 @schedules_app.command("add")
@@ -67,29 +69,29 @@ def add_schedule(
     if as_json:
         print_json(mask_job_fields(asdict(created)))
     else:
-        console.print(f"added schedule {created.name} ({created.every}), next run "
-                      f"{local_time(created.next_due_at)}", markup=False)
+        out(f"added schedule {created.name} ({created.every}), next run "
+            f"{local_time(created.next_due_at)}")
 
 
 @schedules_app.command("remove")
 def remove_schedule(ctx: typer.Context, name: NameArg) -> None:
     """Delete a schedule (jobs it enqueued stay)."""
     state(ctx).queue.unschedule(name)
-    console.print(f"removed schedule {name}", markup=False)
+    out(f"removed schedule {name}")
 
 
 @schedules_app.command("enable")
 def enable_schedule(ctx: typer.Context, name: NameArg) -> None:
     """Enable a schedule; it runs next at its next due time from now."""
     found = state(ctx).queue.set_schedule_enabled(name, True)
-    console.print(f"enabled schedule {name}, next run {local_time(found.next_due_at)}", markup=False)
+    out(f"enabled schedule {name}, next run {local_time(found.next_due_at)}")
 
 
 @schedules_app.command("disable")
 def disable_schedule(ctx: typer.Context, name: NameArg) -> None:
     """Disable a schedule (no runs until enabled again)."""
     state(ctx).queue.set_schedule_enabled(name, False)
-    console.print(f"disabled schedule {name}", markup=False)
+    out(f"disabled schedule {name}")
 
 
 @schedules_app.command("run-now")
@@ -99,7 +101,7 @@ def run_now(ctx: typer.Context, name: NameArg, as_json: JsonFlag = False) -> Non
     if as_json:
         print_json({"job_id": job.id, "type": job.type})
     else:
-        console.print(f"enqueued job {job.id} ({job.type}) from schedule {name}", markup=False)
+        out(f"enqueued job {job.id} ({job.type}) from schedule {name}")
 
 
 def register(app: typer.Typer) -> None:
