@@ -75,6 +75,11 @@ def shown_error(error: str | None, *, first_line: bool = False, limit: int | Non
     return visible(masked, one_line=first_line)
 
 
+def shown_exception(exc: BaseException) -> str:
+    """An exception's message for a notification: masked, controls visible, never empty."""
+    return visible(mask_text(str(exc).strip())) or type(exc).__name__
+
+
 def jsonable_float(value: float) -> float | str:
     """NaN and infinities, which JSON cannot hold, as the strings PostgreSQL prints."""
     if math.isfinite(value):
