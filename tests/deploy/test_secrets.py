@@ -123,3 +123,21 @@ def test_cli_job_logs_are_masked(queue, conn, cli_env):
     line = json.loads(shown.stdout)[0]
     assert line["message"] == "connecting to https://svc:***@api.example.com"
     assert line["metadata"] == {"api_token": MASK, "rows": 3}
+
+
+def test_daemon_log_lines_are_masked_and_show_control_characters(monkeypatch):
+    from haosq.cli.worker import setup_logging
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    root = logging.getLogger("haosq")
+    saved = root.handlers[:], root.level, root.propagate
+    try:
+        setup_logging("info")
+        logging.getLogger("haosq.daemon.test").warning(
+            "job %s failed: %s", 7, "KeyError: 'rows' token=tok-3 \x1b[31mred\x9b2J")
+    finally:
+        root.handlers[:], root.level, root.propagate = saved
+    line = stream.getvalue()
+    assert "job 7 failed: KeyError: 'rows' token=*** \\x1b[31mred\\x9b2J" in line
+    assert "\x1b" not in line and "\x9b" not in line
