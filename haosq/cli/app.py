@@ -22,6 +22,7 @@ from haosq.cli import schedules as schedule_commands
 from haosq.cli import systemd as systemd_commands
 from haosq.cli import tui as tui_commands
 from haosq.cli import worker as worker_commands
+from haosq.cli.arguments import normalise
 from haosq.cli.common import state
 from haosq.errors import HaosqError
 from haosq.secrets import mask_text
@@ -29,14 +30,27 @@ from haosq.tui.format import visible
 
 app = typer.Typer(
     name="haosq",
-    help="haosq: a background job queue on PostgreSQL.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
-@app.callback()
+def _print_version(given: bool) -> None:
+    if given:
+        # Imported here for start-up time: only --version reads the package metadata.
+        from importlib.metadata import version
+
+        sys.stdout.write(f"haosq {version('haosq')}\n")
+        raise typer.Exit(0)
+
+
+ROOT_HELP = ("haosq: a background job queue on PostgreSQL.\n\n"
+             "--database-url and --config may also follow the command "
+             "(haosq jobs list --config FILE), and --json may come before it (haosq --json stats).")
+
+
+@app.callback(help=ROOT_HELP)
 def root(
     ctx: typer.Context,
     database_url: Annotated[
@@ -49,6 +63,10 @@ def root(
         typer.Option("--config", help="TOML config file (default: HAOSQ_CONFIG, "
                      "~/.config/haosq/haosq.toml, /etc/haosq/haosq.toml)", show_default=False),
     ] = None,
+    show_version: Annotated[
+        bool, typer.Option("--version", help="Print haosq's version and exit.", is_eager=True,
+                           callback=_print_version),
+    ] = False,
 ) -> None:
     current = state(ctx)
     current.database_url = database_url
@@ -82,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     try:
+        args = normalise(command, list(args))
         result = command.main(args=args, prog_name="haosq", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:
         sys.stdout.write(exc.ctx.get_help() + "\n" if exc.ctx else "")

@@ -1,5 +1,6 @@
 """The `haosq` command: through typer's CliRunner and as a real subprocess."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from haosq.cli import app
+from tests.integration.cli_support import environment, invoke
 
 
 def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -157,3 +159,45 @@ def test_worker_refusing_its_configuration_does_not_stay_registered(cli_env, con
     assert "invalid cron expression" in result.stderr
     rows = conn.execute("SELECT status FROM haosq.workers").fetchall()
     assert all(row["status"] == "stopped" for row in rows), rows
+
+
+def test_version(cli_env):
+    result = run(cli_env, "--version")
+    assert (result.returncode, result.stdout) == (0, f"haosq {importlib.metadata.version('haosq')}\n")
+
+
+def test_global_options_work_after_the_command(cli_env, queue, tmp_path):
+    job = queue.add("demo:echo", {"n": 1})
+    config = tmp_path / "other.toml"
+    config.write_text("[worker]\nconcurrency = 7\n")
+    unreachable = "postgresql://nobody@127.0.0.1:1/none"
+    with environment({**cli_env, "HAOSQ_DATABASE_URL": unreachable}):
+        listed = invoke(["jobs", "list", "--json", "--database-url", cli_env["HAOSQ_DATABASE_URL"]])
+        assert listed.exit_code == 0, listed.output
+        assert [row["id"] for row in json.loads(listed.stdout)] == [job.id]
+        shown = invoke(["config", "show", "--json", f"--config={config}"])
+        assert shown.exit_code == 0, shown.output
+        document = json.loads(shown.stdout)
+        assert document["config_file"] == str(config)
+        assert {r["key"]: r["value"] for r in document["settings"]}["worker.concurrency"] == 7
+        # Before the command, as always.
+        assert invoke(["--database-url", cli_env["HAOSQ_DATABASE_URL"], "jobs", "show",
+                       str(job.id)]).exit_code == 0
+        # The value of an option stays a value, even when it reads like a global option.
+        searched = invoke(["jobs", "list", "--search", "--config", "--json", "--database-url",
+                           cli_env["HAOSQ_DATABASE_URL"]])
+        assert (searched.exit_code, json.loads(searched.stdout)) == (0, []), searched.output
+
+
+def test_json_before_the_command(cli_env, queue):
+    queue.add("demo:echo", {})
+    with environment(cli_env):
+        stats = invoke(["--json", "stats"])
+        shown = invoke(["--json", "jobs", "list"])
+        refused = invoke(["--json", "workers", "cleanup"])
+    assert stats.exit_code == 0, stats.output
+    assert json.loads(stats.stdout)["by_status"]["pending"] == 1
+    assert len(json.loads(shown.stdout)) == 1
+    assert refused.exit_code == 2
+    assert refused.stderr == ("haosq workers cleanup: --json is not available here: this command "
+                              "prints text only (see 'haosq workers cleanup --help')\n")
