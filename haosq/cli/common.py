@@ -21,7 +21,7 @@ from haosq.secrets import remember_conninfo
 from haosq.tui.format import jsonable_float, local_time, safe_json, visible
 
 __all__ = ["CliState", "console", "duration_option", "error_console", "local_time", "out",
-           "print_json", "state", "to_jsonable"]
+           "print_json", "state", "to_jsonable", "warn"]
 
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
@@ -91,6 +91,11 @@ def duration_option(text: str | None, name: str) -> timedelta | None:
         return parse_duration(text)
     except ValueError as exc:
         raise ConfigError(f"{name}: {exc}") from None
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr: the command goes on."""
+    sys.stderr.write(visible(f"haosq: warning: {message}", one_line=True) + "\n")
 
 
 def out(*parts: str | Text, end: str = "\n") -> None:

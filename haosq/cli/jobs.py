@@ -19,9 +19,10 @@ from haosq.cli.common import (
     out,
     print_json,
     state,
+    warn,
 )
 from haosq.durations import format_duration
-from haosq.errors import InvalidJob
+from haosq.errors import ConfigError, InvalidJob
 from haosq.models import Job, JobStatus
 from haosq.secrets import mask_job_fields, mask_text, mask_value
 from haosq.tui.format import (  # one palette and one way of showing data for the CLI and the TUI
@@ -66,14 +67,39 @@ def read_payload(source: str | None) -> dict[str, Any]:
     return payload
 
 
-def parse_at(text: str) -> datetime:
+def parse_at(text: str, now: datetime, *, allow_past: bool) -> datetime:
+    """--at: an ISO date-time, local when it has no offset; the past only with --allow-past."""
     try:
         moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # an operator's naive time is their local time
+        moment = moment.astimezone(UTC)
     except ValueError:
         raise InvalidJob(f"--at {text!r} is not an ISO date-time (e.g. 2026-12-01T09:00)") from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # an operator's naive time is their local time
-    return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidJob(f"--at {text!r} is out of range (years 1 to 9999)") from None
+    if moment < now and not allow_past:
+        raise InvalidJob(f"--at {text!r} is in the past (it is {local_time(now)} now): give a later "
+                         "time, or add --allow-past to run the job at once")
+    return moment
+
+
+def warn_if_unknown_type(job_type: str) -> None:
+    """A warning on stderr when no handler installed here provides `job_type`. Only a warning:
+    producers enqueue for workers on other hosts, with handlers of their own."""
+    # Imported here for start-up time: the registry is only needed once a job was enqueued.
+    from haosq.handlers.registry import BUILTIN_TYPES, REGISTRY, load_entry_points
+
+    if job_type in BUILTIN_TYPES or REGISTRY.find(job_type) is not None:
+        return
+    try:
+        load_entry_points()
+    except ConfigError as exc:
+        warn(f"{exc}")
+    if REGISTRY.find(job_type) is None:
+        warn(f"no handler for {job_type} is installed here (not a built-in type, and no "
+             "haosq.handlers entry point provides it): the job waits for a worker that has one "
+             "(haosq worker --import YOUR_MODULE)")
 
 
 def display_status(job: Job, now: datetime) -> str:
@@ -97,20 +123,24 @@ def add(
     max_attempts: Annotated[int | None, typer.Option(help="attempts before the job fails")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="a tag (repeatable)")] = None,
     at: Annotated[str | None, typer.Option(
-        "--at", help="run at this ISO time (local time when no offset is given)")] = None,
+        "--at", help="run at this ISO time (local time when no offset is given); a time in the "
+        "past is refused unless --allow-past")] = None,
+    allow_past: Annotated[bool, typer.Option(
+        "--allow-past", help="accept an --at in the past: the job is due at once")] = False,
     delay: Annotated[str | None, typer.Option("--in", help="run after a delay, e.g. 10m")] = None,
     timeout: Annotated[float | None, typer.Option(help="time limit per attempt, seconds")] = None,
     created_by: Annotated[str | None, typer.Option(help="who enqueued it")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Enqueue a job."""
+    """Enqueue a job. A type no handler installed here provides is enqueued with a warning
+    (a worker elsewhere may have its handler)."""
     if at and delay:
         raise InvalidJob("give --at or --in, not both")
     body = read_payload(payload)
     queue = state(ctx).queue
     scheduled_at = None
     if at:
-        scheduled_at = parse_at(at)
+        scheduled_at = parse_at(at, queue.clock.now(), allow_past=allow_past)
     elif delay:
         offset = duration_option(delay, "--in")
         assert offset is not None
@@ -126,6 +156,7 @@ def add(
     else:
         when = "" if scheduled_at is None else f", scheduled for {local_time(job.scheduled_at)}"
         out(f"added job {job.id} ({job.type}{when})")
+    warn_if_unknown_type(job.type)
 
 
 @jobs_app.command("list")
@@ -188,19 +219,17 @@ JobIds = Annotated[list[int], typer.Argument(metavar="JOB_ID...")]
 
 @jobs_app.command("retry")
 def retry_jobs(ctx: typer.Context, job_ids: JobIds) -> None:
-    """Send failed jobs back to the queue."""
-    queue = state(ctx).queue
-    for job_id in job_ids:
-        job = queue.retry(job_id)
+    """Send failed jobs back to the queue. All or nothing: when one of the jobs does not exist
+    or is not failed, no job is retried."""
+    for job in state(ctx).queue.retry_all(job_ids):
         out(f"job {job.id} is {job.status.value} again")
 
 
 @jobs_app.command("cancel")
 def cancel_jobs(ctx: typer.Context, job_ids: JobIds) -> None:
-    """Cancel pending jobs; ask workers to stop running ones."""
-    queue = state(ctx).queue
-    for job_id in job_ids:
-        job = queue.cancel(job_id)
+    """Cancel pending jobs; ask workers to stop running ones. All or nothing: when one of the
+    jobs does not exist or has finished, nothing changes."""
+    for job in state(ctx).queue.cancel_all(job_ids):
         if job.status is JobStatus.CANCELLED:
             out(f"job {job.id} cancelled")
         else:

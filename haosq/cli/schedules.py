@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from haosq.cli.common import console, local_time, out, print_json, state
-from haosq.cli.jobs import read_payload
+from haosq.cli.jobs import read_payload, warn_if_unknown_type
 from haosq.secrets import mask_job_fields
 from haosq.tui.format import plain
 
@@ -60,7 +60,8 @@ def add_schedule(
     replace: Annotated[bool, typer.Option("--replace", help="replace a schedule of this name")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create a recurring schedule (give --cron or --every)."""
+    """Create a recurring schedule (give --cron or --every). A type no handler installed here
+    provides is accepted with a warning (a worker elsewhere may have its handler)."""
     body = read_payload(payload)
     created = state(ctx).queue.schedule(
         name, job_type, body, cron=cron, interval=every, timezone=timezone, priority=priority,
@@ -71,6 +72,7 @@ def add_schedule(
     else:
         out(f"added schedule {created.name} ({created.every}), next run "
             f"{local_time(created.next_due_at)}")
+    warn_if_unknown_type(created.type)
 
 
 @schedules_app.command("remove")

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from haosq.cli import app
+from tests.badinput.snapshot import snapshot
 from tests.integration.cli_support import environment, invoke
 
 
@@ -201,3 +202,68 @@ def test_json_before_the_command(cli_env, queue):
     assert refused.exit_code == 2
     assert refused.stderr == ("haosq workers cleanup: --json is not available here: this command "
                               "prints text only (see 'haosq workers cleanup --help')\n")
+
+
+def test_at_in_the_past_is_refused_unless_allowed(cli_env, queue, conn):
+    with environment(cli_env):
+        refused = invoke(["add", "demo:echo", "--at", "2020-01-01T09:00"])
+        assert refused.exit_code == 2
+        assert refused.stderr.count("\n") == 1
+        assert "--at '2020-01-01T09:00' is in the past" in refused.stderr
+        assert "--allow-past" in refused.stderr
+        assert queue.list() == []
+        allowed = invoke(["add", "demo:echo", "--at", "2020-01-01T09:00+00:00", "--allow-past",
+                          "--json"])
+    assert allowed.exit_code == 0, allowed.output
+    job = json.loads(allowed.stdout)
+    assert job["scheduled_at"].startswith("2020-01-01T09:00:00") and job["display_status"] == "pending"
+
+
+def test_unknown_types_are_enqueued_with_a_warning(cli_env, queue):
+    with environment(cli_env):
+        known = invoke(["add", "email:send", "--payload", '{"to": "a@example.com"}'])
+        unknown = invoke(["add", "acme:reindex"])
+        scheduled = invoke(["schedules", "add", "nightly", "acme:reindex", "--every", "1d"])
+    assert (known.exit_code, known.stderr) == (0, "")
+    assert unknown.exit_code == 0 and unknown.stdout.startswith("added job")
+    assert unknown.stderr.startswith("haosq: warning: no handler for acme:reindex is installed here")
+    assert unknown.stderr.count("\n") == 1
+    assert scheduled.exit_code == 0, scheduled.output
+    assert scheduled.stderr.startswith("haosq: warning: no handler for acme:reindex")
+    assert sorted(j.type for j in queue.list()) == ["acme:reindex", "email:send"]
+
+
+def test_the_list_of_built_in_types_is_what_the_built_in_modules_register():
+    from haosq.handlers.registry import BUILTIN_MODULES, BUILTIN_TYPES, REGISTRY, load_builtin_handlers
+
+    load_builtin_handlers()
+    registered = {t for t in REGISTRY.types() if REGISTRY.get(t).function.__module__ in BUILTIN_MODULES}
+    assert registered == BUILTIN_TYPES
+
+
+def test_retry_and_cancel_are_all_or_nothing(cli_env, queue, conn):
+    failed = [queue.add("demo:echo", {}) for _ in range(2)]
+    conn.execute("UPDATE haosq.jobs SET status = 'failed', error = 'boom' WHERE id = ANY(%s)",
+                 ([j.id for j in failed],))
+    pending, done = queue.add("demo:echo", {}), queue.add("demo:echo", {})
+    conn.execute("UPDATE haosq.jobs SET status = 'completed' WHERE id = %s", (done.id,))
+    before = snapshot(conn)
+    ids = [str(j.id) for j in failed]
+    with environment(cli_env):
+        missing = invoke(["jobs", "retry", *ids, "999999"])
+        not_failed = invoke(["jobs", "retry", *ids, str(pending.id)])
+        huge = invoke(["jobs", "retry", *ids, str(2**63)])
+        finished = invoke(["jobs", "cancel", str(pending.id), str(done.id)])
+        assert snapshot(conn) == before
+        retried = invoke(["jobs", "retry", *ids])
+        cancelled = invoke(["jobs", "cancel", str(pending.id)])
+    assert (missing.exit_code, missing.stderr) == (
+        2, "haosq: error: job 999999 does not exist (no job was retried)\n")
+    assert not_failed.stderr == (f"haosq: error: job {pending.id} is pending: only failed jobs can be "
+                                 "retried (no job was retried)\n")
+    assert huge.stderr == f"haosq: error: job {2**63} does not exist\n"
+    assert finished.stderr == (f"haosq: error: job {done.id} is completed: only pending or processing "
+                               "jobs can be cancelled (no job was cancelled)\n")
+    assert retried.exit_code == 0 and retried.stdout.count("is pending again") == 2
+    assert cancelled.stdout == f"job {pending.id} cancelled\n"
+    assert {queue.get(j.id).status.value for j in failed} == {"pending"}
