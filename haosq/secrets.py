@@ -179,7 +179,7 @@ _HEADER_LINE = re.compile(r"(?im)^(?P<head>[ \t]*(?:proxy-)?(?:authorization|set
 # key=value, key: value, "key": "value" and 'key': 'value': a key and its separator; the
 # value that follows is read only when the key is a secret name, so that a harmless pair never
 # swallows a secret one after it (`url: https://x/?token=...`).
-_KEY_SEP = re.compile(r"""(?<![\w.-])(?P<key>["']?[A-Za-z_][A-Za-z0-9_.-]*["']?)"""
+_KEY_SEP = re.compile(r"""(?<![\w./-])(?P<key>["']?[A-Za-z_][A-Za-z0-9_.-]*["']?)"""
                       r"""(?P<sep>[ \t]*[:=](?!//)[ \t]*)""")
 _QUOTED = {quote: re.compile(rf"(?:\\.|[^{quote}\\])*") for quote in "\"'"}
 _BARE = re.compile(r"""(?P<scheme>(?:Bearer|Basic|Token|Digest)[ \t]+)?[^\s"',;&}\])]+""")

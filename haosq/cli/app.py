@@ -95,6 +95,12 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _refused_by_database(exc: Exception) -> bool:
+    """A value the database refused (out of range, a constraint): the user's input, not a bug."""
+    psycopg = sys.modules.get("psycopg")  # not imported yet: the error cannot be one of its own
+    return psycopg is not None and isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     command = typer.main.get_command(app)
@@ -117,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     except HaosqError as exc:
         fail(f"haosq: error: {exc}")
     except Exception as exc:
+        if _refused_by_database(exc):
+            fail(f"haosq: error: the database refused a value: {exc}")
         sys.stderr.write(visible(mask_text("".join(traceback.format_exception(exc)))))
         fail(f"haosq: internal error: {exc}", 1)
     sys.exit(result if isinstance(result, int) else 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,6 +38,9 @@ jobs_app = typer.Typer(help="List, inspect, retry and cancel jobs.", no_args_is_
 workers_app = typer.Typer(help="List workers and clean up dead ones.", no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+# The largest values PostgreSQL's integer and bigint columns hold.
+MAX_INTEGER = 2**31 - 1
+MAX_JOB_ID = 2**63 - 1
 
 
 
@@ -60,6 +63,8 @@ def read_payload(source: str | None) -> dict[str, Any]:
         hint = "" if origin != "--payload" or text.lstrip()[:1] in ("{", "[") else (
             " (nor is it an existing file)")
         raise InvalidJob(f"payload from {origin} is not valid JSON{hint}: {exc}") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise InvalidJob(f"payload from {origin} holds a number out of range: {exc}") from None
     except RecursionError:
         raise InvalidJob(f"payload from {origin} is nested too deeply") from None
     if not isinstance(payload, dict):
@@ -71,12 +76,13 @@ def parse_at(text: str, now: datetime, *, allow_past: bool) -> datetime:
     """--at: an ISO date-time, local when it has no offset; the past only with --allow-past."""
     try:
         moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidJob(f"--at {text!r} is not an ISO date-time (e.g. 2026-12-01T09:00)") from None
+    try:
         if moment.tzinfo is None:
             moment = moment.astimezone()  # an operator's naive time is their local time
         moment = moment.astimezone(UTC)
-    except ValueError:
-        raise InvalidJob(f"--at {text!r} is not an ISO date-time (e.g. 2026-12-01T09:00)") from None
-    except OverflowError:
+    except (OverflowError, ValueError):
         raise InvalidJob(f"--at {text!r} is out of range (years 1 to 9999)") from None
     if moment < now and not allow_past:
         raise InvalidJob(f"--at {text!r} is in the past (it is {local_time(now)} now): give a later "
@@ -102,6 +108,16 @@ def warn_if_unknown_type(job_type: str) -> None:
              "(haosq worker --import YOUR_MODULE)")
 
 
+def before(now: datetime, window: timedelta | None, option: str) -> datetime | None:
+    """`now - window`, or a clear error when that lies before the year 1."""
+    if window is None:
+        return None
+    try:
+        return now - window
+    except OverflowError:
+        raise InvalidJob(f"{option}: reaches back before the year 1") from None
+
+
 def display_status(job: Job, now: datetime) -> str:
     return "scheduled" if job.is_scheduled(now) else job.status.value
 
@@ -120,7 +136,8 @@ def add(
     payload: Annotated[str | None, typer.Option(
         "--payload", "-p", help="JSON payload: a file, '-' for stdin, or inline JSON")] = None,
     priority: Annotated[int, typer.Option(help="higher runs first (-1000..1000)")] = 0,
-    max_attempts: Annotated[int | None, typer.Option(help="attempts before the job fails")] = None,
+    max_attempts: Annotated[int | None, typer.Option(
+        min=1, max=MAX_INTEGER, help="attempts before the job fails")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="a tag (repeatable)")] = None,
     at: Annotated[str | None, typer.Option(
         "--at", help="run at this ISO time (local time when no offset is given); a time in the "
@@ -169,15 +186,16 @@ def list_jobs(
     search: Annotated[str | None, typer.Option(help="an id, or text in the error")] = None,
     since: Annotated[str | None, typer.Option(help="created within, e.g. 1h")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
-    before_id: Annotated[int | None, typer.Option(help="page: ids below this")] = None,
+    before_id: Annotated[int | None, typer.Option(
+        min=1, max=MAX_JOB_ID, help="page: ids below this")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List jobs, newest first."""
     queue = state(ctx).queue
     now = queue.clock.now()
-    window = duration_option(since, "--since")
+    created_after = before(now, duration_option(since, "--since"), f"--since {since}")
     jobs = queue.list(status=status, type=job_type, tag=tag, search=search, limit=limit,
-                      before_id=before_id, created_after=now - window if window else None)
+                      before_id=before_id, created_after=created_after)
     if as_json:
         print_json([job_row(j, now) for j in jobs])
         return
@@ -318,7 +336,9 @@ def cleanup_workers(
     """Mark silent workers dead and send their jobs back to the queue."""
     window = duration_option(timeout, "--timeout")
     assert window is not None
-    dead, rescued = state(ctx).queue.cleanup_dead_workers(window)
+    queue = state(ctx).queue
+    before(queue.clock.now(), window, f"--timeout {timeout}")
+    dead, rescued = queue.cleanup_dead_workers(window)
     names = f": {', '.join(dead)}" if dead else ""
     out(f"{len(dead)} worker(s) marked dead{names}; {rescued} job(s) rescued")
 

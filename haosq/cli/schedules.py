@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from haosq.cli.common import console, local_time, out, print_json, state
-from haosq.cli.jobs import read_payload, warn_if_unknown_type
+from haosq.cli.jobs import MAX_INTEGER, read_payload, warn_if_unknown_type
+from haosq.schedules import NAME_PATTERN, ScheduleNotFound
 from haosq.secrets import mask_job_fields
 from haosq.tui.format import plain
 
@@ -17,7 +18,17 @@ schedules_app = typer.Typer(help="Recurring jobs: list, add, remove, enable, dis
                             no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-NameArg = Annotated[str, typer.Argument(metavar="NAME", help="the schedule's name")]
+def _existing_name(name: str) -> str:
+    """A name no schedule can have (a NUL, a bad character) names no schedule."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ScheduleNotFound(f"no schedule named {name!r} (names are up to 200 letters, digits, "
+                               "'.', '_', ':' or '-')")
+    return name
+
+
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="the schedule's name",
+                                        callback=_existing_name)]
+NewNameArg = Annotated[str, typer.Argument(metavar="NAME", help="the schedule's name")]
 
 
 @schedules_app.command("list")
@@ -43,7 +54,7 @@ def list_schedules(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 @schedules_app.command("add")
 def add_schedule(
     ctx: typer.Context,
-    name: NameArg,
+    name: NewNameArg,
     job_type: Annotated[str, typer.Argument(metavar="TYPE", help="family:action, e.g. email:send")],
     cron: Annotated[str | None, typer.Option(help="5-field cron, e.g. '0 3 * * *'")] = None,
     every: Annotated[str | None, typer.Option("--every", help="an interval, e.g. 15m")] = None,
@@ -51,7 +62,8 @@ def add_schedule(
     payload: Annotated[str | None, typer.Option(
         "--payload", "-p", help="JSON payload: a file, '-' for stdin, or inline JSON")] = None,
     priority: Annotated[int, typer.Option(help="higher runs first (-1000..1000)")] = 0,
-    max_attempts: Annotated[int | None, typer.Option(help="attempts before a run fails")] = None,
+    max_attempts: Annotated[int | None, typer.Option(
+        min=1, max=MAX_INTEGER, help="attempts before a run fails")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="a tag (repeatable)")] = None,
     catch_up: Annotated[str, typer.Option(
         help="runs missed while no daemon ran: none, latest or all")] = "latest",
