@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from haosq.cli.config import check_settings
 from haosq.config import load_settings
 from haosq.errors import ConfigError
-
-HAOSQ = str(Path(sys.executable).with_name("haosq"))
+from tests.integration.cli_support import Result, environment, invoke
 
 GOOD = """
 [worker]
@@ -43,9 +39,10 @@ cron = "0 3 * * *"
 """
 
 
-def haosq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([HAOSQ, *args], env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+def haosq(env: dict[str, str], *args: str) -> Result:
+    """`haosq ARGS` in-process, with the haosq settings of `env` (see cli_support)."""
+    with environment(env):
+        return invoke(list(args))
 
 
 @pytest.fixture
@@ -58,7 +55,7 @@ def config_env(cli_env, tmp_path):
 def test_show_gives_every_value_its_source_with_secrets_masked(config_env):
     env, path = config_env
     shown = haosq(env, "config", "show", "--json")
-    assert shown.returncode == 0, shown.stderr
+    assert shown.exit_code == 0, shown.stderr
     document = json.loads(shown.stdout)
     assert document["database"] == "configured" and document["data_dir"] is None
     rows = {row["key"]: row for row in document["settings"]}
@@ -81,8 +78,8 @@ def test_show_gives_every_value_its_source_with_secrets_masked(config_env):
     assert rows["schedules[0].name"]["value"] == "nightly-cleanup"
     assert "hunter2" not in shown.stdout and "s3cret" not in shown.stdout
 
-    table = haosq({**env, "COLUMNS": "250"}, "config", "show")
-    assert table.returncode == 0 and "handlers.email.smtp_password" in table.stdout
+    table = haosq(env, "config", "show")
+    assert table.exit_code == 0 and "handlers.email.smtp_password" in table.stdout
     assert "hunter2" not in table.stdout
 
 
@@ -94,8 +91,8 @@ def test_show_says_embedded_without_a_database_url(config_env):
     assert document["database"] == "embedded" and document["data_dir"] == "/srv/haosq-data"
     rows = {row["key"]: row for row in document["settings"]}
     assert rows["database_url"] == {"key": "database_url", "value": None, "source": "default"}
-    table = haosq({**env, "COLUMNS": "200"}, "config", "show")
-    assert table.returncode == 0, table.stderr
+    table = haosq(env, "config", "show")
+    assert table.exit_code == 0, table.stderr
     assert "database: embedded server (no database_url set), data in /srv/haosq-data" in table.stdout
     assert "(unset: the embedded server)" in table.stdout
 
@@ -103,7 +100,7 @@ def test_show_says_embedded_without_a_database_url(config_env):
 def test_check_accepts_a_good_file(config_env):
     env, _path = config_env
     checked = haosq(env, "config", "check")
-    assert checked.returncode == 0, checked.stderr
+    assert checked.exit_code == 0, checked.stderr
     assert "configuration ok" in checked.stdout and "[webhooks]" in checked.stdout
 
 
@@ -133,7 +130,7 @@ def test_check_exits_2_with_one_line(config_env):
     env, path = config_env
     path.write_text(GOOD.replace('[metrics]\nhost = "127.0.0.1"', "[metrics]\nport = 70000"))
     checked = haosq(env, "config", "check")
-    assert checked.returncode == 2, checked.stdout
+    assert checked.exit_code == 2, checked.stdout
     assert "[metrics] port = 70000" in checked.stderr
     assert len(checked.stderr.strip().splitlines()) == 1
 

@@ -6,16 +6,13 @@ import io
 import json
 import logging
 import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from haosq.secrets import MASK, MaskingFilter, is_secret_key, mask_job_fields, mask_text, mask_value
+from tests.integration.cli_support import environment, invoke
 from tests.integration.worker_support import WorkerProcess, wait_status
-
-HAOSQ = str(Path(sys.executable).with_name("haosq"))
 
 
 @pytest.mark.parametrize("key", ["password", "smtp_password", "apiKey", "api-key", "Authorization",
@@ -76,15 +73,14 @@ def test_logging_filter_masks_messages_and_tracebacks():
 def test_cli_show_and_list_mask_payloads(queue, cli_env):
     job = queue.add("demo:echo", {"to": "a@example.com", "smtp_password": "hunter2",
                                   "webhook": "https://u:pw42@example.com/x"})
-    shown = subprocess.run([HAOSQ, "jobs", "show", str(job.id), "--json"], env=cli_env,
-                           capture_output=True, text=True, timeout=60, check=False)
-    assert shown.returncode == 0, shown.stderr
+    with environment(cli_env):
+        shown = invoke(["jobs", "show", str(job.id), "--json"])
+        listed = invoke(["jobs", "list", "--json"])
+    assert shown.exit_code == 0, shown.stderr
     payload = json.loads(shown.stdout)["payload"]
     assert payload == {"to": "a@example.com", "smtp_password": MASK,
                        "webhook": "https://u:***@example.com/x"}
-    listed = subprocess.run([HAOSQ, "jobs", "list", "--json"], env=cli_env,
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert listed.returncode == 0, listed.stderr
+    assert listed.exit_code == 0, listed.stderr
     assert "hunter2" not in listed.stdout and "pw42" not in listed.stdout
     assert json.loads(listed.stdout)[0]["payload"]["smtp_password"] == MASK
 
@@ -102,9 +98,9 @@ def test_errors_are_stored_whole_and_masked_on_display(queue, conn, cli_env, tmp
         worker.signal(signal.SIGTERM)
         worker.wait()
     assert stored.startswith(f"PermanentError: {text}")  # nothing lost in the database
-    shown = subprocess.run([HAOSQ, "jobs", "show", str(job.id), "--json"], env=cli_env,
-                           capture_output=True, text=True, timeout=60, check=False)
-    assert shown.returncode == 0, shown.stderr
+    with environment(cli_env):
+        shown = invoke(["jobs", "show", str(job.id), "--json"])
+    assert shown.exit_code == 0, shown.stderr
     error = json.loads(shown.stdout)["error"]
     assert error.startswith("PermanentError: KeyError: 'rows' while calling "
                             "https://svc:***@api.example.com with token=***")
@@ -117,9 +113,9 @@ def test_cli_job_logs_are_masked(queue, conn, cli_env):
         "INSERT INTO haosq.job_logs (job_id, level, message, metadata) VALUES (%s, 'info', %s, %s)",
         (job.id, "connecting to https://svc:pw77@api.example.com",
          json.dumps({"api_token": "tok-9", "rows": 3})))
-    shown = subprocess.run([HAOSQ, "jobs", "logs", str(job.id), "--json"], env=cli_env,
-                           capture_output=True, text=True, timeout=60, check=False)
-    assert shown.returncode == 0, shown.stderr
+    with environment(cli_env):
+        shown = invoke(["jobs", "logs", str(job.id), "--json"])
+    assert shown.exit_code == 0, shown.stderr
     line = json.loads(shown.stdout)[0]
     assert line["message"] == "connecting to https://svc:***@api.example.com"
     assert line["metadata"] == {"api_token": MASK, "rows": 3}
