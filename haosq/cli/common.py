@@ -6,7 +6,7 @@ import sys
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -16,9 +16,11 @@ from haosq.config import Settings, load_settings
 from haosq.db.lenient import install_lenient_loaders
 from haosq.durations import parse_duration
 from haosq.errors import ConfigError
-from haosq.queue import JobQueue
 from haosq.secrets import remember_conninfo
 from haosq.tui.format import jsonable_float, local_time, safe_json, visible
+
+if TYPE_CHECKING:
+    from haosq.queue import JobQueue
 
 __all__ = ["CliState", "console", "duration_option", "error_console", "local_time", "out",
            "print_json", "state", "to_jsonable", "warn"]
@@ -46,6 +48,9 @@ class CliState:
     @property
     def queue(self) -> JobQueue:
         if self._queue is None:
+            # Imported here for start-up time: `haosq --help` never loads the database driver.
+            from haosq.queue import JobQueue
+
             install_lenient_loaders()  # the CLI shows any row PostgreSQL can store
             self._queue = JobQueue(settings=self.settings)
         return self._queue

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from haosq.cli.common import console, local_time, out, print_json, state
 from haosq.cli.jobs import MAX_INTEGER, read_payload, warn_if_unknown_type
-from haosq.schedules import NAME_PATTERN, ScheduleNotFound
 from haosq.secrets import mask_job_fields
 from haosq.tui.format import plain
 
@@ -20,6 +19,9 @@ schedules_app = typer.Typer(help="Recurring jobs: list, add, remove, enable, dis
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 def _existing_name(name: str) -> str:
     """A name no schedule can have (a NUL, a bad character) names no schedule."""
+    # Imported here for start-up time: haosq.schedules loads the cron parser.
+    from haosq.schedules import NAME_PATTERN, ScheduleNotFound
+
     if not NAME_PATTERN.fullmatch(name):
         raise ScheduleNotFound(f"no schedule named {name!r} (names are up to 200 letters, digits, "
                                "'.', '_', ':' or '-')")
