@@ -49,10 +49,11 @@ class CliState:
     def queue(self) -> JobQueue:
         if self._queue is None:
             # Imported here for start-up time: `haosq --help` never loads the database driver.
+            from haosq.cli.database import CommandDatabase
             from haosq.queue import JobQueue
 
             install_lenient_loaders()  # the CLI shows any row PostgreSQL can store
-            self._queue = JobQueue(settings=self.settings)
+            self._queue = JobQueue(settings=self.settings, database=CommandDatabase(self.settings))
         return self._queue
 
     def close(self) -> None:

@@ -267,3 +267,18 @@ def test_retry_and_cancel_are_all_or_nothing(cli_env, queue, conn):
     assert retried.exit_code == 0 and retried.stdout.count("is pending again") == 2
     assert cancelled.stdout == f"job {pending.id} cancelled\n"
     assert {queue.get(j.id).status.value for j in failed} == {"pending"}
+
+
+def test_a_command_uses_one_connection_and_the_pool_only_when_it_is_busy(settings):
+    from haosq.cli.database import CommandDatabase
+
+    database = CommandDatabase(settings)
+    try:
+        with database.connection() as first:
+            pid = first.info.backend_pid
+            with database.connection() as nested:  # while the first is in use: the pool's
+                assert nested.info.backend_pid != pid
+        with database.connection() as again:
+            assert again.info.backend_pid == pid
+    finally:
+        database.close()
