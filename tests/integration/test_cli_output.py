@@ -7,17 +7,7 @@ import json
 
 import pytest
 
-from tests.badinput.hostile import (
-    CLOSE,
-    ESCAPE,
-    ESCAPE_SHOWN,
-    HOSTILE,
-    LINK,
-    LOG_LINE,
-    MARKUP,
-    insert_hostile_rows,
-    raw_escape_in,
-)
+from tests.badinput import hostile as stored
 from tests.integration.cli_support import cli_runner, invoke  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("cli_runner")
@@ -25,13 +15,13 @@ pytestmark = pytest.mark.usefixtures("cli_runner")
 
 @pytest.fixture
 def hostile(conn) -> dict[str, int]:
-    return insert_hostile_rows(conn)
+    return stored.insert_hostile_rows(conn)
 
 
 def text_of(args: list[str]) -> str:
     result = invoke(args)
     assert result.exit_code == 0, f"haosq {' '.join(args)}: {result.output}"
-    assert not raw_escape_in(result.output), result.output
+    assert not stored.raw_escape_in(result.output), result.output
     return result.output
 
 
@@ -41,13 +31,13 @@ def json_of(args: list[str]):
 
 def test_jobs_list_shows_markup_and_escapes_literally(hostile):
     shown = text_of(["jobs", "list"])
-    for markup in MARKUP:
+    for markup in stored.MARKUP:
         assert markup in shown
-    assert ESCAPE_SHOWN in shown
-    assert f"RuntimeError: {HOSTILE}".replace(ESCAPE, ESCAPE_SHOWN) in shown
+    assert stored.ESCAPE_SHOWN in shown
+    assert f"RuntimeError: {stored.HOSTILE}".replace(stored.ESCAPE, stored.ESCAPE_SHOWN) in shown
     listed = {row["id"]: row for row in json_of(["jobs", "list"])}
-    assert listed[hostile["markup"]]["error"].startswith(f"RuntimeError: {HOSTILE}")
-    assert listed[hostile["markup"]]["tags"] == ["[bold]", CLOSE, LINK, ESCAPE]
+    assert listed[hostile["markup"]]["error"].startswith(f"RuntimeError: {stored.HOSTILE}")
+    assert listed[hostile["markup"]]["tags"] == ["[bold]", stored.CLOSE, stored.LINK, stored.ESCAPE]
     assert listed[hostile["times"]]["scheduled_at"] == "infinity"
     assert listed[hostile["times"]]["created_at"] == "-infinity"
     assert listed[hostile["times"]]["updated_at"] == "10000-01-01 00:00:00+00"
@@ -63,10 +53,11 @@ def test_jobs_show_renders_every_stored_value(hostile, name):
     data = json_of(["jobs", "show", str(hostile[name])])
     assert data["id"] == hostile[name]
     if name == "markup":
-        for markup in MARKUP:
+        for markup in stored.MARKUP:
             assert markup in shown
-        assert ESCAPE_SHOWN in shown
-        assert data["payload"]["note"] == HOSTILE and data["created_by"] == f"{CLOSE}{ESCAPE}"
+        assert stored.ESCAPE_SHOWN in shown
+        assert data["payload"]["note"] == stored.HOSTILE
+        assert data["created_by"] == f"{stored.CLOSE}{stored.ESCAPE}"
     if name == "times":
         for text in ("infinity", "-infinity", "10000-01-01 00:00:00+00", "0044-03-15 00:00:00+00 BC"):
             assert text in shown
@@ -76,20 +67,20 @@ def test_jobs_show_renders_every_stored_value(hostile, name):
 
 def test_jobs_logs_print_messages_as_written(hostile):
     shown = text_of(["jobs", "logs", str(hostile["markup"])])
-    assert LOG_LINE.replace(ESCAPE, ESCAPE_SHOWN) in shown  # "[handlers.smtp]" kept
+    assert stored.LOG_LINE.replace(stored.ESCAPE, stored.ESCAPE_SHOWN) in shown  # "[handlers.smtp]" kept
     assert "[bold]" in shown and "infinity" in shown
-    assert f"plain {ESCAPE_SHOWN} line" in shown
+    assert f"plain {stored.ESCAPE_SHOWN} line" in shown
     logs = json_of(["jobs", "logs", str(hostile["markup"])])
-    assert [line["message"] for line in logs] == [LOG_LINE, f"plain {ESCAPE} line"]
+    assert [line["message"] for line in logs] == [stored.LOG_LINE, f"plain {stored.ESCAPE} line"]
     assert logs[0]["created_at"] == "infinity"
 
 
 def test_workers_schedules_and_stats_render(hostile):
     workers = text_of(["workers", "list", "--all"])
-    assert "[bold]worker" in workers and ESCAPE_SHOWN in workers and LINK in workers
+    assert "[bold]worker" in workers and stored.ESCAPE_SHOWN in workers and stored.LINK in workers
     assert json_of(["workers", "list", "--all"])[0]["last_heartbeat"] == "infinity"
     schedules = text_of(["schedules", "list"])
-    assert "[bold]sched" in schedules and f"{CLOSE} * * * *" in schedules and LINK in schedules
+    assert "[bold]sched" in schedules and f"{stored.CLOSE} * * * *" in schedules and stored.LINK in schedules
     assert "forever" in schedules and "never" in schedules
     listed = {row["name"]: row for row in json_of(["schedules", "list"])}
     assert listed["forever"]["next_due_at"] == "infinity"
