@@ -5,37 +5,35 @@ Exit codes: 0 ok; 2 user error (one line on stderr); 1 internal error.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer._click import exceptions as click_errors  # typer vendors click from 0.29 on
 
-from haosq.cli import config as config_commands
-from haosq.cli import db as db_commands
-from haosq.cli import demo as demo_commands
-from haosq.cli import jobs as job_commands
-from haosq.cli import roles as role_commands
-from haosq.cli import schedules as schedule_commands
-from haosq.cli import systemd as systemd_commands
-from haosq.cli import tui as tui_commands
-from haosq.cli import worker as worker_commands
-from haosq.cli.arguments import normalise
+from haosq.cli.arguments import ROOT_VALUE_OPTIONS, normalise
 from haosq.cli.common import state
 from haosq.errors import HaosqError
 from haosq.secrets import mask_text
 from haosq.tui.format import visible
 
-app = typer.Typer(
-    name="haosq",
-    # Plain help text: Rich's help formatter costs a tenth of a second at every --help.
-    rich_markup_mode=None,
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+# The module (haosq.cli.NAME) that defines each top-level command, in the order of the help.
+# A command line that names one of them loads that module alone: every module costs its
+# imports and its share of building the command tree at every start.
+COMMAND_MODULES: dict[str, str] = {
+    "add": "jobs", "stats": "jobs", "jobs": "jobs", "workers": "jobs",
+    "migrate": "db", "db": "db",
+    "systemd": "systemd",
+    "roles": "roles",
+    "config": "config",
+    "worker": "worker",
+    "demo": "demo",
+    "tui": "tui",
+    "schedules": "schedules",
+}
 
 
 def _print_version(given: bool) -> None:
@@ -52,7 +50,6 @@ ROOT_HELP = ("haosq: a background job queue on PostgreSQL.\n\n"
              "(haosq jobs list --config FILE), and --json may come before it (haosq --json stats).")
 
 
-@app.callback(help=ROOT_HELP)
 def root(
     ctx: typer.Context,
     database_url: Annotated[
@@ -76,15 +73,38 @@ def root(
     ctx.call_on_close(current.close)
 
 
-job_commands.register(app)
-db_commands.register(app)
-systemd_commands.register(app)
-role_commands.register(app)
-config_commands.register(app)
-worker_commands.register(app)
-demo_commands.register(app)
-tui_commands.register(app)
-schedule_commands.register(app)
+def build_app(command: str | None = None) -> typer.Typer:
+    """The `haosq` app with every command, or with the module of `command` alone."""
+    built = typer.Typer(
+        name="haosq",
+        # Plain help text: Rich's help formatter costs a tenth of a second at every --help.
+        rich_markup_mode=None,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    built.callback(help=ROOT_HELP)(root)
+    chosen = COMMAND_MODULES.get(command or "")
+    for module in dict.fromkeys(COMMAND_MODULES.values()):
+        if chosen is None or module == chosen:
+            importlib.import_module(f"haosq.cli.{module}").register(built)
+    return built
+
+
+def command_named(args: list[str]) -> str | None:
+    """The top-level command a command line runs (None for `haosq`, `haosq --help`, ...)."""
+    index = 0
+    while index < len(args) and args[index].startswith("-"):
+        if args[index] in ROOT_VALUE_OPTIONS:
+            index += 1
+        index += 1
+    return args[index] if index < len(args) else None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the whole app, for tools and tests that want the typer object
+        return build_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _one_line(text: str) -> str:
@@ -105,10 +125,10 @@ def _refused_by_database(exc: Exception) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    command = typer.main.get_command(app)
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(build_app(command_named(args)))
     try:
-        args = normalise(command, list(args))
+        args = normalise(command, args)
         result = command.main(args=args, prog_name="haosq", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:
         sys.stdout.write(exc.ctx.get_help() + "\n" if exc.ctx else "")

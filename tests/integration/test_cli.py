@@ -282,3 +282,19 @@ def test_a_command_uses_one_connection_and_the_pool_only_when_it_is_busy(setting
             assert again.info.backend_pid == pid
     finally:
         database.close()
+
+
+def test_each_command_line_loads_only_the_module_of_its_command():
+    import typer
+
+    from haosq.cli.app import COMMAND_MODULES, build_app, command_named
+
+    every = typer.main.get_command(build_app()).commands
+    assert set(every) == set(COMMAND_MODULES)  # no command is missing from the map, nor extra
+    for name, module in COMMAND_MODULES.items():
+        alone = typer.main.get_command(build_app(name)).commands
+        assert name in alone
+        assert {COMMAND_MODULES[other] for other in alone} == {module}
+    assert command_named(["--database-url", "u", "--json", "jobs", "list"]) == "jobs"
+    assert command_named(["--config=/x", "add", "demo:echo"]) == "add"
+    assert command_named(["--help"]) is None
