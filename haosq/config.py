@@ -189,25 +189,26 @@ class Settings:
             sources[dotted] = "command line"
         return Settings(values, sources, self.sections, self.config_file)
 
-    def describe(self) -> list[tuple[str, str, str]]:
-        """(key, shown value, source) rows, secrets masked."""
+    def describe(self) -> list[tuple[str, Any, str]]:
+        """(key, value, source) rows: values typed as JSON has them (None, numbers, booleans,
+        strings, lists), secrets masked."""
         rows = []
         for option in OPTIONS:
             value = self.values[option.key]
             if value is not None and option.secret:
-                shown = mask_url(str(value))
-            else:
-                shown = ",".join(value) if isinstance(value, tuple) else repr(value)
-            rows.append((option.key, shown, self.sources[option.key]))
+                value = mask_url(str(value))
+            elif isinstance(value, tuple):
+                value = list(value)
+            rows.append((option.key, value, self.sources[option.key]))
         return rows
 
-    def describe_sections(self) -> list[tuple[str, str, str]]:
-        """(key, shown value, source) rows of the open sections ([handlers.smtp], [[schedules]],
-        …), one per leaf value, with secret-looking keys and URL passwords masked."""
-        from haosq.secrets import MASK, is_secret_key, mask_text
+    def describe_sections(self) -> list[tuple[str, Any, str]]:
+        """(key, value, source) rows of the open sections ([handlers.smtp], [[schedules]],
+        …), one per leaf value, typed, with secret keys and URL passwords masked."""
+        from haosq.secrets import MASK, is_secret_key, mask_value
 
         source = str(self.config_file) if self.config_file else "default"
-        rows: list[tuple[str, str, str]] = []
+        rows: list[tuple[str, Any, str]] = []
 
         def walk(path: str, value: Any) -> None:
             if isinstance(value, Mapping):
@@ -220,12 +221,21 @@ class Settings:
                 for index, item in enumerate(value):
                     walk(f"{path}[{index}]", item)
             else:
-                rows.append((path, mask_text(repr(value)), source))
+                rows.append((path, mask_value(_plain_toml(value)), source))
 
         for section in OPEN_SECTIONS:
             if section in self.sections:
                 walk(section, self.sections[section])
         return rows
+
+
+def _plain_toml(value: Any) -> Any:
+    """A TOML value as JSON can hold it (dates and times as their ISO text)."""
+    if isinstance(value, list):
+        return [_plain_toml(item) for item in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
 
 
 def _parse(option: Option, raw: Any, where: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -28,6 +29,8 @@ def format_duration(seconds: float | None) -> str:
     """A short human form: 850ms, 12s, 4m05s, 3h12m, 2d04h."""
     if seconds is None:
         return "-"
+    if not math.isfinite(seconds):
+        return "forever" if seconds > 0 else "-" if math.isnan(seconds) else "-forever"
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     whole = int(seconds)

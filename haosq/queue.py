@@ -364,31 +364,33 @@ class JobQueue:
 
     def retry(self, job_id: int) -> Job:
         """Send a failed job back to the queue with a fresh set of attempts."""
+        return self.retry_all([job_id])[0]
+
+    def retry_all(self, job_ids: Iterable[int]) -> list[Job]:
+        """Send failed jobs back to the queue, all or none: when one of them does not exist
+        or is not failed, the error names it and no job is retried."""
+        ids = _job_ids(job_ids)
         with self.db.connection() as conn, conn.transaction():
-            current = job_sql.get_job(conn, job_id)
-            if current is None:
-                raise JobNotFound(f"job {job_id} does not exist")
-            if not job_sql.retry_by_ids(conn, [job_id]):
-                raise InvalidTransition(
-                    f"job {job_id} is {current['status']}: only failed jobs can be retried"
-                )
-        return self.get(job_id)
+            retried = set(job_sql.retry_by_ids(conn, ids))
+            _refuse_unchanged(conn, ids, retried, "only failed jobs can be retried", "retried")
+        return [self.get(job_id) for job_id in ids]
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a pending job now, or ask the worker running it to stop.
 
         A running job ends `cancelled` when its handler returns or at its timeout."""
+        return self.cancel_all([job_id])[0]
+
+    def cancel_all(self, job_ids: Iterable[int]) -> list[Job]:
+        """Cancel pending jobs and ask the workers of running ones to stop them, all or none:
+        when one of them does not exist or has finished, the error names it and nothing
+        changes."""
+        ids = _job_ids(job_ids)
         with self.db.connection() as conn, conn.transaction():
-            current = job_sql.get_job(conn, job_id)
-            if current is None:
-                raise JobNotFound(f"job {job_id} does not exist")
-            cancelled, requested = job_sql.cancel_by_ids(conn, [job_id])
-            if not cancelled and not requested:
-                raise InvalidTransition(
-                    f"job {job_id} is {current['status']}: only pending or processing jobs "
-                    "can be cancelled"
-                )
-        return self.get(job_id)
+            cancelled, requested = job_sql.cancel_by_ids(conn, ids)
+            _refuse_unchanged(conn, ids, {*cancelled, *requested},
+                              "only pending or processing jobs can be cancelled", "cancelled")
+        return [self.get(job_id) for job_id in ids]
 
     def retry_matching(self, job_filter: job_sql.JobFilter) -> int:
         """Retry every failed job matching the filter; returns how many."""
@@ -537,6 +539,33 @@ class JobQueue:
             return digest_sql.add_item(conn, recipient, channel, dict(item))
         with self.db.connection() as own:
             return digest_sql.add_item(own, recipient, channel, dict(item))
+
+
+MAX_JOB_ID = 2**63 - 1
+
+
+def _job_ids(job_ids: Iterable[int]) -> list[int]:
+    """Job ids in the order given, once each; an id no job can have does not exist."""
+    ids = list(dict.fromkeys(job_ids))
+    if not ids:
+        raise InvalidJob("no job ids given")
+    for job_id in ids:
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= MAX_JOB_ID:
+            raise JobNotFound(f"job {job_id!r} does not exist")
+    return ids
+
+
+def _refuse_unchanged(conn: psycopg.Connection[Any], ids: list[int], changed: set[int], rule: str,
+                      verb: str) -> None:
+    """Raise for the first job the action left alone, so that its transaction rolls back."""
+    for job_id in ids:
+        if job_id in changed:
+            continue
+        current = job_sql.get_job(conn, job_id)
+        nothing = "" if len(ids) == 1 else f" (no job was {verb})"
+        if current is None:
+            raise JobNotFound(f"job {job_id} does not exist{nothing}")
+        raise InvalidTransition(f"job {job_id} is {current['status']}: {rule}{nothing}")
 
 
 class _LazyJobQueue:

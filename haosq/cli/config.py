@@ -14,9 +14,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from haosq.cli.common import console, print_json, state
+from haosq.cli.common import console, out, print_json, state
 from haosq.config import Settings, group_options
 from haosq.errors import ConfigError
+from haosq.tui.format import plain, safe_json
 
 config_app = typer.Typer(help="Show and check the configuration.", no_args_is_help=True)
 
@@ -25,23 +26,32 @@ METRICS_KEYS = {"host", "port"}
 
 @config_app.command("show")
 def show(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every setting with its value and source; secrets masked."""
+    """Every setting with its value and source; secrets masked. Without a database URL,
+    haosq uses the embedded server (`haosq db status` tells where it is)."""
     settings = state(ctx).settings
     rows = settings.describe() + settings.describe_sections()
+    database = "configured" if settings.database_url else "embedded"
     if as_json:
         print_json({
             "config_file": str(settings.config_file) if settings.config_file else None,
+            "database": database,
+            "data_dir": str(settings.data_dir) if database == "embedded" else None,
             "settings": [{"key": k, "value": v, "source": s} for k, v, s in rows],
         })
         return
     where = settings.config_file or "none found (defaults and environment only)"
-    console.print(f"config file: {where}", markup=False)
+    out(f"config file: {where}")
+    if database == "embedded":
+        out(f"database: embedded server (no database_url set), data in {settings.data_dir}")
     table = Table(show_header=True, box=None)
     for column in ("key", "value", "source"):
         table.add_column(column, overflow="fold")
     for key, value, source in rows:
-        table.add_row(key, value, source)
-    console.print(table, markup=False)
+        if key == "database_url" and value is None:
+            value = "(unset: the embedded server)"
+        shown = value if isinstance(value, str) else safe_json(value, indent=None)
+        table.add_row(plain(key), plain(shown), plain(source))
+    console.print(table)
 
 
 def _groups(section: Any, where: str) -> None:
@@ -113,7 +123,7 @@ def check(ctx: typer.Context) -> None:
     settings = state(ctx).settings  # parsing errors name their key already
     checked = check_settings(settings)
     where = settings.config_file or "no config file"
-    console.print(f"configuration ok ({where}): {', '.join(checked)}", markup=False)
+    out(f"configuration ok ({where}): {', '.join(checked)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,19 +16,31 @@ from haosq.cli.common import (
     console,
     duration_option,
     local_time,
+    out,
     print_json,
     state,
+    warn,
 )
 from haosq.durations import format_duration
-from haosq.errors import InvalidJob
+from haosq.errors import ConfigError, InvalidJob
 from haosq.models import Job, JobStatus
 from haosq.secrets import mask_job_fields, mask_text, mask_value
-from haosq.tui.format import STATUS_STYLE  # one palette for the CLI and the TUI
+from haosq.tui.format import (  # one palette and one way of showing data for the CLI and the TUI
+    LEVEL_STYLE,
+    STATUS_STYLE,
+    age,
+    plain,
+    safe_json,
+    shown_error,
+)
 
 jobs_app = typer.Typer(help="List, inspect, retry and cancel jobs.", no_args_is_help=True)
 workers_app = typer.Typer(help="List workers and clean up dead ones.", no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+# The largest values PostgreSQL's integer and bigint columns hold.
+MAX_INTEGER = 2**31 - 1
+MAX_JOB_ID = 2**63 - 1
 
 
 
@@ -51,6 +63,8 @@ def read_payload(source: str | None) -> dict[str, Any]:
         hint = "" if origin != "--payload" or text.lstrip()[:1] in ("{", "[") else (
             " (nor is it an existing file)")
         raise InvalidJob(f"payload from {origin} is not valid JSON{hint}: {exc}") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise InvalidJob(f"payload from {origin} holds a number out of range: {exc}") from None
     except RecursionError:
         raise InvalidJob(f"payload from {origin} is nested too deeply") from None
     if not isinstance(payload, dict):
@@ -58,14 +72,50 @@ def read_payload(source: str | None) -> dict[str, Any]:
     return payload
 
 
-def parse_at(text: str) -> datetime:
+def parse_at(text: str, now: datetime, *, allow_past: bool) -> datetime:
+    """--at: an ISO date-time, local when it has no offset; the past only with --allow-past."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidJob(f"--at {text!r} is not an ISO date-time (e.g. 2026-12-01T09:00)") from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # an operator's naive time is their local time
-    return moment.astimezone(UTC)
+    try:
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # an operator's naive time is their local time
+        moment = moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidJob(f"--at {text!r} is out of range (years 1 to 9999)") from None
+    if moment < now and not allow_past:
+        raise InvalidJob(f"--at {text!r} is in the past (it is {local_time(now)} now): give a later "
+                         "time, or add --allow-past to run the job at once")
+    return moment
+
+
+def warn_if_unknown_type(job_type: str) -> None:
+    """A warning on stderr when no handler installed here provides `job_type`. Only a warning:
+    producers enqueue for workers on other hosts, with handlers of their own."""
+    # Imported here for start-up time: the registry is only needed once a job was enqueued.
+    from haosq.handlers.registry import BUILTIN_TYPES, REGISTRY, load_entry_points
+
+    if job_type in BUILTIN_TYPES or REGISTRY.find(job_type) is not None:
+        return
+    try:
+        load_entry_points()
+    except ConfigError as exc:
+        warn(f"{exc}")
+    if REGISTRY.find(job_type) is None:
+        warn(f"no handler for {job_type} is installed here (not a built-in type, and no "
+             "haosq.handlers entry point provides it): the job waits for a worker that has one "
+             "(haosq worker --import YOUR_MODULE)")
+
+
+def before(now: datetime, window: timedelta | None, option: str) -> datetime | None:
+    """`now - window`, or a clear error when that lies before the year 1."""
+    if window is None:
+        return None
+    try:
+        return now - window
+    except OverflowError:
+        raise InvalidJob(f"{option}: reaches back before the year 1") from None
 
 
 def display_status(job: Job, now: datetime) -> str:
@@ -86,23 +136,28 @@ def add(
     payload: Annotated[str | None, typer.Option(
         "--payload", "-p", help="JSON payload: a file, '-' for stdin, or inline JSON")] = None,
     priority: Annotated[int, typer.Option(help="higher runs first (-1000..1000)")] = 0,
-    max_attempts: Annotated[int | None, typer.Option(help="attempts before the job fails")] = None,
+    max_attempts: Annotated[int | None, typer.Option(
+        min=1, max=MAX_INTEGER, help="attempts before the job fails")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="a tag (repeatable)")] = None,
     at: Annotated[str | None, typer.Option(
-        "--at", help="run at this ISO time (local time when no offset is given)")] = None,
+        "--at", help="run at this ISO time (local time when no offset is given); a time in the "
+        "past is refused unless --allow-past")] = None,
+    allow_past: Annotated[bool, typer.Option(
+        "--allow-past", help="accept an --at in the past: the job is due at once")] = False,
     delay: Annotated[str | None, typer.Option("--in", help="run after a delay, e.g. 10m")] = None,
     timeout: Annotated[float | None, typer.Option(help="time limit per attempt, seconds")] = None,
     created_by: Annotated[str | None, typer.Option(help="who enqueued it")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Enqueue a job."""
+    """Enqueue a job. A type no handler installed here provides is enqueued with a warning
+    (a worker elsewhere may have its handler)."""
     if at and delay:
         raise InvalidJob("give --at or --in, not both")
     body = read_payload(payload)
     queue = state(ctx).queue
     scheduled_at = None
     if at:
-        scheduled_at = parse_at(at)
+        scheduled_at = parse_at(at, queue.clock.now(), allow_past=allow_past)
     elif delay:
         offset = duration_option(delay, "--in")
         assert offset is not None
@@ -117,7 +172,8 @@ def add(
         print_json(job_row(job, queue.clock.now()))
     else:
         when = "" if scheduled_at is None else f", scheduled for {local_time(job.scheduled_at)}"
-        console.print(f"added job {job.id} ({job.type}{when})", markup=False)
+        out(f"added job {job.id} ({job.type}{when})")
+    warn_if_unknown_type(job.type)
 
 
 @jobs_app.command("list")
@@ -130,15 +186,16 @@ def list_jobs(
     search: Annotated[str | None, typer.Option(help="an id, or text in the error")] = None,
     since: Annotated[str | None, typer.Option(help="created within, e.g. 1h")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
-    before_id: Annotated[int | None, typer.Option(help="page: ids below this")] = None,
+    before_id: Annotated[int | None, typer.Option(
+        min=1, max=MAX_JOB_ID, help="page: ids below this")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List jobs, newest first."""
     queue = state(ctx).queue
     now = queue.clock.now()
-    window = duration_option(since, "--since")
+    created_after = before(now, duration_option(since, "--since"), f"--since {since}")
     jobs = queue.list(status=status, type=job_type, tag=tag, search=search, limit=limit,
-                      before_id=before_id, created_after=now - window if window else None)
+                      before_id=before_id, created_after=created_after)
     if as_json:
         print_json([job_row(j, now) for j in jobs])
         return
@@ -148,9 +205,9 @@ def list_jobs(
     for job in jobs:
         shown = display_status(job, now)
         attempts = f"{job.attempts}/{job.max_attempts}" if job.max_attempts else str(job.attempts)
-        table.add_row(str(job.id), job.type, f"[{STATUS_STYLE[shown]}]{shown}[/]",
-                      str(job.priority), attempts, local_time(job.created_at),
-                      mask_text(job.error).splitlines()[0][:80] if job.error else "")
+        table.add_row(plain(job.id), plain(job.type), plain(shown, STATUS_STYLE.get(shown, "")),
+                      plain(job.priority), plain(attempts), plain(local_time(job.created_at)),
+                      plain(shown_error(job.error, first_line=True, limit=80)))
     console.print(table)
 
 
@@ -168,11 +225,11 @@ def show_job(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None
     table.add_column(overflow="fold")
     for name, value in job_row(job, now).items():
         if name in ("payload", "result"):
-            value = json.dumps(value, indent=2, ensure_ascii=False)
+            value = value if isinstance(value, str) else safe_json(value)
         elif isinstance(value, datetime):
             value = local_time(value)
-        table.add_row(name, "-" if value is None else str(value))
-    console.print(table, markup=False)
+        table.add_row(name, plain(value, one_line=False))
+    console.print(table)
 
 
 JobIds = Annotated[list[int], typer.Argument(metavar="JOB_ID...")]
@@ -180,23 +237,21 @@ JobIds = Annotated[list[int], typer.Argument(metavar="JOB_ID...")]
 
 @jobs_app.command("retry")
 def retry_jobs(ctx: typer.Context, job_ids: JobIds) -> None:
-    """Send failed jobs back to the queue."""
-    queue = state(ctx).queue
-    for job_id in job_ids:
-        job = queue.retry(job_id)
-        console.print(f"job {job.id} is {job.status.value} again", markup=False)
+    """Send failed jobs back to the queue. All or nothing: when one of the jobs does not exist
+    or is not failed, no job is retried."""
+    for job in state(ctx).queue.retry_all(job_ids):
+        out(f"job {job.id} is {job.status.value} again")
 
 
 @jobs_app.command("cancel")
 def cancel_jobs(ctx: typer.Context, job_ids: JobIds) -> None:
-    """Cancel pending jobs; ask workers to stop running ones."""
-    queue = state(ctx).queue
-    for job_id in job_ids:
-        job = queue.cancel(job_id)
+    """Cancel pending jobs; ask workers to stop running ones. All or nothing: when one of the
+    jobs does not exist or has finished, nothing changes."""
+    for job in state(ctx).queue.cancel_all(job_ids):
         if job.status is JobStatus.CANCELLED:
-            console.print(f"job {job.id} cancelled", markup=False)
+            out(f"job {job.id} cancelled")
         else:
-            console.print(f"job {job.id} is running: its worker was asked to stop it", markup=False)
+            out(f"job {job.id} is running: its worker was asked to stop it")
 
 
 @jobs_app.command("logs")
@@ -207,17 +262,12 @@ def job_logs(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None
     if as_json:
         print_json(logs)
         return
-    styles = {"debug": "dim", "info": "", "warn": "yellow", "error": "red"}
     for line in logs:
         attempt = f"#{line.attempt} " if line.attempt else ""
-        meta = f" {json.dumps(line.metadata, ensure_ascii=False)}" if line.metadata else ""
-        console.print(
-            f"{local_time(line.created_at)} {attempt}[{styles[line.level]}]{line.level:5}[/] "
-            f"{line.message}{meta}".replace("[]", "").replace("[/]", "[/]"),
-            markup=bool(styles[line.level]), highlight=False,
-        ) if styles[line.level] else console.print(
-            f"{local_time(line.created_at)} {attempt}{line.level:5} {line.message}{meta}",
-            markup=False)
+        meta = f" {safe_json(line.metadata, indent=None)}" if line.metadata else ""
+        level = plain(f"{line.level:5}", LEVEL_STYLE.get(line.level, ""))
+        out(f"{local_time(line.created_at)} {attempt}", level, " ",
+            plain(f"{line.message}{meta}", one_line=False))
 
 
 def stats(ctx: typer.Context, as_json: JsonFlag = False) -> None:
@@ -240,9 +290,8 @@ def stats(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     counts.add_row(*(f"{merged.get(name, 0):,}" for name in order))
     console.print(counts)
     rate = result.success_rate
-    console.print(
-        f"success rate: {'-' if rate is None else f'{rate:.1%}'}   "
-        f"oldest pending: {format_duration(result.oldest_pending_age_seconds)}", markup=False)
+    out(f"success rate: {'-' if rate is None else f'{rate:.1%}'}   "
+        f"oldest pending: {format_duration(result.oldest_pending_age_seconds)}")
     if result.by_type:
         types = Table(title="jobs by type", title_justify="left")
         types.add_column("type")
@@ -250,7 +299,7 @@ def stats(ctx: typer.Context, as_json: JsonFlag = False) -> None:
             if name != "scheduled":
                 types.add_column(name, justify="right")
         for job_type, by_status in sorted(result.by_type.items()):
-            types.add_row(job_type, *(f"{by_status.get(n, 0):,}" for n in order if n != "scheduled"))
+            types.add_row(plain(job_type), *(f"{by_status.get(n, 0):,}" for n in order if n != "scheduled"))
         console.print(types)
 
 
@@ -272,11 +321,11 @@ def list_workers(
                    "heartbeat"):
         table.add_column(column)
     for w in workers:
-        table.add_row(w.worker_id, w.hostname, str(w.pid), w.status, f"{w.busy}/{w.concurrency}",
-                      ",".join(w.job_types) or "all", str(w.jobs_processed),
-                      str(w.jobs_succeeded), str(w.jobs_failed),
-                      format_duration((now - w.last_heartbeat).total_seconds()) + " ago")
-    console.print(table, markup=False)
+        table.add_row(*(plain(cell) for cell in (
+            w.worker_id, w.hostname, w.pid, w.status, f"{w.busy}/{w.concurrency}",
+            ",".join(w.job_types) or "all", w.jobs_processed, w.jobs_succeeded, w.jobs_failed,
+            age(now, w.last_heartbeat, ago=" ago"))))
+    console.print(table)
 
 
 @workers_app.command("cleanup")
@@ -287,10 +336,11 @@ def cleanup_workers(
     """Mark silent workers dead and send their jobs back to the queue."""
     window = duration_option(timeout, "--timeout")
     assert window is not None
-    dead, rescued = state(ctx).queue.cleanup_dead_workers(window)
+    queue = state(ctx).queue
+    before(queue.clock.now(), window, f"--timeout {timeout}")
+    dead, rescued = queue.cleanup_dead_workers(window)
     names = f": {', '.join(dead)}" if dead else ""
-    console.print(f"{len(dead)} worker(s) marked dead{names}; {rescued} job(s) rescued",
-                  markup=False)
+    out(f"{len(dead)} worker(s) marked dead{names}; {rescued} job(s) rescued")
 
 
 def register(app: typer.Typer) -> None:

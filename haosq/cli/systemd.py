@@ -23,8 +23,9 @@ from typing import Annotated
 
 import typer
 
-from haosq.cli.common import console, error_console, state
+from haosq.cli.common import error_console, out, state
 from haosq.errors import ConfigError
+from haosq.tui.format import plain
 
 systemd_app = typer.Typer(help="Install and check the systemd units of the worker daemon.",
                           no_args_is_help=True)
@@ -253,19 +254,17 @@ def install(
             sys.stdout.write(f"# ---- {path}\n{text}\n")
         return
     for path, text, mode in files:
-        console.print(_write(path, text, mode, force), markup=False)
+        out(_write(path, text, mode, force))
     credential = configs / "credentials" / CREDENTIAL
     if not credential.exists():
         credential.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         credential.parent.chmod(0o700)
         url = settings.database_url or ""
-        console.print(_write(credential, url + "\n" if url else "", 0o600, False), markup=False)
+        out(_write(credential, url + "\n" if url else "", 0o600, False))
         if not url:
-            error_console.print(f"put the database URL into {credential} (mode 600)", markup=False)
+            error_console.print(plain(f"put the database URL into {credential} (mode 600)"))
     manager = "systemctl --user" if user else "systemctl"
-    console.print(
-        f"next: {manager} daemon-reload && {manager} enable --now haosq-worker@{group} {TARGET}",
-        markup=False)
+    out(f"next: {manager} daemon-reload && {manager} enable --now haosq-worker@{group} {TARGET}")
 
 
 def analyze(args: list[str], runtime_dir: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -317,15 +316,14 @@ def doctor(
     """Check the installed units with systemd-analyze (verify and security)."""
     directory = units or unit_dir(user)
     if shutil.which("systemd-analyze") is None:
-        console.print("systemd-analyze is not installed: units not checked "
-                      "(apt-get install systemd)", markup=False)
+        out("systemd-analyze is not installed: units not checked (apt-get install systemd)")
         return
     problems = check_units(directory, user)
     if problems:
         for problem in problems:
-            error_console.print(problem, markup=False)
+            error_console.print(plain(problem))
         raise ConfigError(f"{len(problems)} problem(s) with the units in {directory}")
-    console.print(f"units in {directory}: verify ok, exposure <= {MAX_EXPOSURE}", markup=False)
+    out(f"units in {directory}: verify ok, exposure <= {MAX_EXPOSURE}")
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,8 @@ import typer
 from haosq.cli.common import state
 from haosq.config import Settings, load_settings
 from haosq.errors import ConfigError, HaosqError
+from haosq.secrets import mask_text
+from haosq.tui.format import visible
 
 ReadOnly = Annotated[bool, typer.Option(
     "--read-only", help="Hide every action; only SELECT and LISTEN reach the database.")]
@@ -41,7 +43,8 @@ def register(app: typer.Typer) -> None:
                 min_refresh=min_refresh)
 
 
-standalone = typer.Typer(name="haosq-tui", add_completion=False, pretty_exceptions_enable=False)
+standalone = typer.Typer(name="haosq-tui", add_completion=False, pretty_exceptions_enable=False,
+                         rich_markup_mode=None)
 
 
 @standalone.command()
@@ -69,10 +72,11 @@ def main(argv: list[str] | None = None) -> None:
         command.main(args=sys.argv[1:] if argv is None else argv, prog_name="haosq-tui",
                      standalone_mode=False)
     except click_errors.UsageError as exc:
-        sys.stderr.write(f"haosq-tui: {exc.format_message()} (see 'haosq-tui --help')\n")
+        sys.stderr.write(visible(f"haosq-tui: {exc.format_message()} (see 'haosq-tui --help')",
+                                 one_line=True) + "\n")
         sys.exit(2)
     except HaosqError as exc:
-        sys.stderr.write("haosq-tui: error: " + " ".join(str(exc).split()) + "\n")
+        sys.stderr.write(visible("haosq-tui: error: " + " ".join(mask_text(str(exc)).split())) + "\n")
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)

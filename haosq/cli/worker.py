@@ -15,9 +15,18 @@ from haosq.cli.common import state
 from haosq.config import Settings
 from haosq.errors import ConfigError
 from haosq.secrets import MaskingFilter
+from haosq.tui.format import visible
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "warn": logging.WARNING, "error": logging.ERROR}
+
+
+class VisibleFormatter(logging.Formatter):
+    """Log lines whose control characters are shown as escapes: a job's data in a message
+    never drives the terminal that follows the journal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record))
 
 
 def setup_logging(level_name: str) -> None:
@@ -32,7 +41,7 @@ def setup_logging(level_name: str) -> None:
     if level is None:
         raise ConfigError(f"--log-level {level_name!r}: use debug, info, warning or error")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(MaskingFilter())  # no passwords or tokens in the journal
     root = logging.getLogger("haosq")
     root.handlers[:] = [handler]

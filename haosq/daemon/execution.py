@@ -35,7 +35,6 @@ from haosq.db.queries.claims import Ack
 from haosq.errors import PermanentError, Retry, UnknownJobType
 from haosq.handlers.registry import HandlerSpec, JobContext
 from haosq.models import Job
-from haosq.secrets import mask_text
 
 RESULT_LIMIT_BYTES = 1024 * 1024
 
@@ -126,9 +125,8 @@ def invoke(running: Running) -> Any:
 
 
 def describe_error(error: BaseException) -> str:
-    """The error text kept on the job: the message, then the traceback when there is one;
-    URL passwords and secret-looking key=value pairs masked (stored errors are shown to
-    viewers, webhooks and logs)."""
+    """The error text kept on the job: the message, then the traceback when there is one.
+    Stored as it is: what shows or exports it masks secrets on the way out (haosq.secrets)."""
     # PostgreSQL text cannot hold NUL: one in an exception message must not wedge the batch.
     return _describe(error).replace("\x00", "\\x00")
 
@@ -137,11 +135,11 @@ def _describe(error: BaseException) -> str:
     message = f"{type(error).__name__}: {error}"
     remote = getattr(error, "remote_traceback", None)
     if remote:
-        return mask_text(f"{error}\n\n{remote.rstrip()}")
+        return f"{error}\n\n{remote.rstrip()}"
     if error.__traceback__ is None:
-        return mask_text(message)
+        return message
     trace = "".join(traceback.format_exception(error)).rstrip()
-    return mask_text(f"{message}\n\n{trace}")
+    return f"{message}\n\n{trace}"
 
 
 @dataclass(frozen=True)

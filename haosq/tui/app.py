@@ -22,6 +22,7 @@ from textual.timer import Timer
 
 from haosq.clock import Clock, SystemClock
 from haosq.tui.data import PostgresSource
+from haosq.tui.format import shown_exception
 from haosq.tui.screens.base import HaosqScreen, is_connection_error
 from haosq.tui.screens.dashboard import DashboardScreen
 from haosq.tui.screens.detail import JobDetailScreen
@@ -132,7 +133,7 @@ class HaosqApp(App[None]):
         if is_connection_error(exc):
             self._set_error(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         else:
-            self.notify(str(exc), title="Error", severity="error", timeout=8)
+            self.notify(shown_exception(exc), title="Error", severity="error", timeout=8, markup=False)
 
     def _set_error(self, error: str) -> None:
         self.db_error = error

@@ -21,12 +21,14 @@ from psycopg.conninfo import make_conninfo
 from haosq.clock import Clock, SystemClock
 from haosq.config import Settings
 from haosq.db.connection import Database, connect, resolve_url
+from haosq.db.lenient import install_lenient_loaders
 from haosq.db.queries import dashboard as dashboard_sql
 from haosq.db.queries import jobs as job_sql
 from haosq.db.queries import stats as stats_sql
 from haosq.db.queries import workers as worker_sql
 from haosq.models import Job, JobLog, Worker
 from haosq.queue import JobQueue
+from haosq.secrets import remember_conninfo
 
 CHANNELS = ("haosq_jobs", "haosq_events")
 STATUSES = ("pending", "scheduled", "processing", "completed", "failed", "cancelled")
@@ -143,6 +145,8 @@ class PostgresSource:
             seconds=heartbeat * settings["worker.stale_after_heartbeats"]
         )
         self._handler_types = handler_types or registered_handler_types
+        install_lenient_loaders()  # the TUI shows any row PostgreSQL can store
+        remember_conninfo(settings.database_url)  # masked wherever an error quotes it
         self._database: Database | None = None
         self._queue: JobQueue | None = None
         self._lock = threading.Lock()

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from haosq.cli.config import check_settings
 from haosq.config import load_settings
 from haosq.errors import ConfigError
-
-HAOSQ = str(Path(sys.executable).with_name("haosq"))
+from tests.integration.cli_support import Result, environment, invoke
 
 GOOD = """
 [worker]
@@ -43,9 +39,10 @@ cron = "0 3 * * *"
 """
 
 
-def haosq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([HAOSQ, *args], env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+def haosq(env: dict[str, str], *args: str) -> Result:
+    """`haosq ARGS` in-process, with the haosq settings of `env` (see cli_support)."""
+    with environment(env):
+        return invoke(list(args))
 
 
 @pytest.fixture
@@ -58,28 +55,52 @@ def config_env(cli_env, tmp_path):
 def test_show_gives_every_value_its_source_with_secrets_masked(config_env):
     env, path = config_env
     shown = haosq(env, "config", "show", "--json")
-    assert shown.returncode == 0, shown.stderr
-    rows = {row["key"]: row for row in json.loads(shown.stdout)["settings"]}
-    assert rows["worker.concurrency"] == {"key": "worker.concurrency", "value": "8", "source": str(path)}
-    assert rows["worker.poll_interval_ms"]["source"] == "env HAOSQ_POLL_INTERVAL"
+    assert shown.exit_code == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["database"] == "configured" and document["data_dir"] is None
+    rows = {row["key"]: row for row in document["settings"]}
+    # Values are typed as JSON has them, not Python reprs.
+    assert rows["worker.concurrency"] == {"key": "worker.concurrency", "value": 8, "source": str(path)}
+    assert rows["worker.poll_interval_ms"] == {"key": "worker.poll_interval_ms", "value": 250,
+                                               "source": "env HAOSQ_POLL_INTERVAL"}
     assert rows["worker.max_attempts"]["source"] == "default"
+    assert rows["worker.backoff_base_seconds"]["value"] == 2.0
+    assert rows["worker.listen"]["value"] is True
+    assert rows["worker.id"]["value"] is None and rows["worker.types"]["value"] == []
+    assert rows["log_level"]["value"] == "info"
     assert rows["database_url"]["source"] == "env HAOSQ_DATABASE_URL"
     assert rows["handlers.email.smtp_password"]["value"] == "***"
-    assert "s3cret" not in rows["handlers.email.relay_url"]["value"]
-    assert rows["handlers.email.smtp_host"]["value"] == "'mail.example.com'"
+    assert rows["handlers.email.relay_url"]["value"] == "smtp://bob:***@mail.example.com:587"
+    assert rows["handlers.email.smtp_host"]["value"] == "mail.example.com"
+    assert rows["groups.email.types"]["value"] == ["email"]
+    assert rows["groups.email.concurrency"]["value"] == 4
     assert rows["webhooks.routes.email:send"]["source"] == str(path)
-    assert rows["schedules[0].name"]["value"] == "'nightly-cleanup'"
+    assert rows["schedules[0].name"]["value"] == "nightly-cleanup"
     assert "hunter2" not in shown.stdout and "s3cret" not in shown.stdout
 
-    table = haosq({**env, "COLUMNS": "250"}, "config", "show")
-    assert table.returncode == 0 and "handlers.email.smtp_password" in table.stdout
+    table = haosq(env, "config", "show")
+    assert table.exit_code == 0 and "handlers.email.smtp_password" in table.stdout
     assert "hunter2" not in table.stdout
+
+
+def test_show_says_embedded_without_a_database_url(config_env):
+    env, _path = config_env
+    env = {k: v for k, v in env.items() if k != "HAOSQ_DATABASE_URL"}
+    env["HAOSQ_DATA_DIR"] = "/srv/haosq-data"
+    document = json.loads(haosq(env, "config", "show", "--json").stdout)
+    assert document["database"] == "embedded" and document["data_dir"] == "/srv/haosq-data"
+    rows = {row["key"]: row for row in document["settings"]}
+    assert rows["database_url"] == {"key": "database_url", "value": None, "source": "default"}
+    table = haosq(env, "config", "show")
+    assert table.exit_code == 0, table.stderr
+    assert "database: embedded server (no database_url set), data in /srv/haosq-data" in table.stdout
+    assert "(unset: the embedded server)" in table.stdout
 
 
 def test_check_accepts_a_good_file(config_env):
     env, _path = config_env
     checked = haosq(env, "config", "check")
-    assert checked.returncode == 0, checked.stderr
+    assert checked.exit_code == 0, checked.stderr
     assert "configuration ok" in checked.stdout and "[webhooks]" in checked.stdout
 
 
@@ -109,7 +130,7 @@ def test_check_exits_2_with_one_line(config_env):
     env, path = config_env
     path.write_text(GOOD.replace('[metrics]\nhost = "127.0.0.1"', "[metrics]\nport = 70000"))
     checked = haosq(env, "config", "check")
-    assert checked.returncode == 2, checked.stdout
+    assert checked.exit_code == 2, checked.stdout
     assert "[metrics] port = 70000" in checked.stderr
     assert len(checked.stderr.strip().splitlines()) == 1
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-import subprocess
+import signal
 import sys
-from pathlib import Path
 
 import pytest
 
 from haosq.secrets import MASK, MaskingFilter, is_secret_key, mask_job_fields, mask_text, mask_value
-
-HAOSQ = str(Path(sys.executable).with_name("haosq"))
+from tests.integration.cli_support import environment, invoke
+from tests.integration.worker_support import WorkerProcess, wait_status
 
 
 @pytest.mark.parametrize("key", ["password", "smtp_password", "apiKey", "api-key", "Authorization",
@@ -74,28 +73,38 @@ def test_logging_filter_masks_messages_and_tracebacks():
 def test_cli_show_and_list_mask_payloads(queue, cli_env):
     job = queue.add("demo:echo", {"to": "a@example.com", "smtp_password": "hunter2",
                                   "webhook": "https://u:pw42@example.com/x"})
-    shown = subprocess.run([HAOSQ, "jobs", "show", str(job.id), "--json"], env=cli_env,
-                           capture_output=True, text=True, timeout=60, check=False)
-    assert shown.returncode == 0, shown.stderr
+    with environment(cli_env):
+        shown = invoke(["jobs", "show", str(job.id), "--json"])
+        listed = invoke(["jobs", "list", "--json"])
+    assert shown.exit_code == 0, shown.stderr
     payload = json.loads(shown.stdout)["payload"]
     assert payload == {"to": "a@example.com", "smtp_password": MASK,
                        "webhook": "https://u:***@example.com/x"}
-    listed = subprocess.run([HAOSQ, "jobs", "list", "--json"], env=cli_env,
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert listed.returncode == 0, listed.stderr
+    assert listed.exit_code == 0, listed.stderr
     assert "hunter2" not in listed.stdout and "pw42" not in listed.stdout
     assert json.loads(listed.stdout)[0]["payload"]["smtp_password"] == MASK
 
 
-def test_stored_errors_are_masked():
-    from haosq.daemon.execution import describe_error
-
+def test_errors_are_stored_whole_and_masked_on_display(queue, conn, cli_env, tmp_path):
+    """A real worker stores the error as the handler raised it; the CLI masks it on the way out,
+    and masks only the secret: `KeyError: 'rows'` survives both."""
+    text = "KeyError: 'rows' while calling https://svc:pw77@api.example.com with token=tok-5"
+    job = queue.add("demo:fail", {"message": text, "permanent": True})
+    worker = WorkerProcess({**cli_env, "HAOSQ_POLL_INTERVAL": "50"}, tmp_path / "worker.log",
+                           "--types", "demo")
     try:
-        raise ConnectionError("login failed for smtp://mailer:hunter2@mail.example.com token=abc")
-    except ConnectionError as exc:
-        text = describe_error(exc)
-    assert "hunter2" not in text and "abc" not in text.split("token=")[1][:3]
-    assert "ConnectionError" in text and "smtp://mailer:***@mail.example.com" in text
+        stored = wait_status(conn, job.id, "failed")["error"]
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait()
+    assert stored.startswith(f"PermanentError: {text}")  # nothing lost in the database
+    with environment(cli_env):
+        shown = invoke(["jobs", "show", str(job.id), "--json"])
+    assert shown.exit_code == 0, shown.stderr
+    error = json.loads(shown.stdout)["error"]
+    assert error.startswith("PermanentError: KeyError: 'rows' while calling "
+                            "https://svc:***@api.example.com with token=***")
+    assert "pw77" not in shown.stdout and "tok-5" not in shown.stdout
 
 
 def test_cli_job_logs_are_masked(queue, conn, cli_env):
@@ -104,9 +113,27 @@ def test_cli_job_logs_are_masked(queue, conn, cli_env):
         "INSERT INTO haosq.job_logs (job_id, level, message, metadata) VALUES (%s, 'info', %s, %s)",
         (job.id, "connecting to https://svc:pw77@api.example.com",
          json.dumps({"api_token": "tok-9", "rows": 3})))
-    shown = subprocess.run([HAOSQ, "jobs", "logs", str(job.id), "--json"], env=cli_env,
-                           capture_output=True, text=True, timeout=60, check=False)
-    assert shown.returncode == 0, shown.stderr
+    with environment(cli_env):
+        shown = invoke(["jobs", "logs", str(job.id), "--json"])
+    assert shown.exit_code == 0, shown.stderr
     line = json.loads(shown.stdout)[0]
     assert line["message"] == "connecting to https://svc:***@api.example.com"
     assert line["metadata"] == {"api_token": MASK, "rows": 3}
+
+
+def test_daemon_log_lines_are_masked_and_show_control_characters(monkeypatch):
+    from haosq.cli.worker import setup_logging
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    root = logging.getLogger("haosq")
+    saved = root.handlers[:], root.level, root.propagate
+    try:
+        setup_logging("info")
+        logging.getLogger("haosq.daemon.test").warning(
+            "job %s failed: %s", 7, "KeyError: 'rows' token=tok-3 \x1b[31mred\x9b2J")
+    finally:
+        root.handlers[:], root.level, root.propagate = saved
+    line = stream.getvalue()
+    assert "job 7 failed: KeyError: 'rows' token=*** \\x1b[31mred\\x9b2J" in line
+    assert "\x1b" not in line and "\x9b" not in line

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.badinput.hostile import insert_hostile_rows
 from tests.tui.conftest import load_fixed_data
 
 TMUX = shutil.which("tmux")
@@ -33,8 +34,7 @@ def wait_for(session: str, *texts: str, timeout: float = 20.0) -> str:
     raise AssertionError(f"{texts!r} never appeared; the screen was:\n{screen}")
 
 
-@pytest.fixture
-def tmux_session(cli_env: dict[str, str]) -> Iterator[str]:
+def start_tui(cli_env: dict[str, str]) -> str:
     assert TMUX, "tmux is installed by .ci/system-deps"
     session = f"haosq-tui-{uuid.uuid4().hex[:8]}"
     command = [str(Path(sys.executable).parent / "haosq-tui"), "--refresh-interval", "1"]
@@ -42,6 +42,12 @@ def tmux_session(cli_env: dict[str, str]) -> Iterator[str]:
     passed = [f"{k}={v}" for k, v in env.items() if k.startswith(("HAOSQ_", "PATH", "HOME", "TERM", "LANG"))]
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "32",
                     "env", *passed, *command], check=True)
+    return session
+
+
+@pytest.fixture
+def tmux_session(cli_env: dict[str, str]) -> Iterator[str]:
+    session = start_tui(cli_env)
     yield session
     subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
 
@@ -81,3 +87,24 @@ def test_haosq_tui_commands_need_a_terminal(cli_env) -> None:
     shown = subprocess.run([str(bin_dir / "haosq"), "tui", "--help"], env=cli_env, capture_output=True,
                            text=True, timeout=60, check=False)
     assert shown.returncode == 0 and "--read-only" in shown.stdout and "--refresh-interval" in shown.stdout
+
+
+def test_stored_markup_and_escapes_reach_a_real_terminal_as_text(cli_env, conn) -> None:
+    """What the terminal really received: `[link=...]` as text (not a hyperlink), the escape
+    character as the four characters \\x1b (not a colour change)."""
+    insert_hostile_rows(conn)
+    session = start_tui(cli_env)
+    try:
+        wait_for(session, "Dashboard")
+        subprocess.run(["tmux", "send-keys", "-t", session, "j"], check=True)
+        wait_for(session, "-infinity", "demo:[bold]b [/]")  # the rows on either side load too
+        # The failed job is the last row: open its detail.
+        subprocess.run(["tmux", "send-keys", "-t", session, "Down", "Down", "Down", "Enter"], check=True)
+        wait_for(session, "Job 1", "[link=https://x]", "[/]\\x1b[31m", "[bold]w\\x1b[31m",
+                 '"[/]": "\\u001b[31m"')
+        with_escapes = subprocess.run(["tmux", "capture-pane", "-p", "-e", "-t", session],
+                                      capture_output=True, text=True, check=False).stdout
+        assert "\x1b]8;" not in with_escapes  # no OSC 8 hyperlink was sent
+        assert "\x1b[31mred" not in with_escapes
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)

@@ -11,6 +11,8 @@ from textual.widgets import Static
 from textual.worker import get_current_worker
 
 from haosq.errors import DatabaseUnavailable, HaosqError
+from haosq.secrets import mask_text
+from haosq.tui.format import plain, shown_exception, visible
 
 if TYPE_CHECKING:
     from haosq.tui.app import HaosqApp
@@ -50,7 +52,7 @@ class HaosqScreen(Screen[None]):
 
     def _show_banner(self, error: str | None) -> None:
         for banner in self.query(ConnectionBanner):
-            banner.update(f"Database unreachable: {error} — reconnecting…" if error else "")
+            banner.update(plain(f"Database unreachable: {mask_text(error)} — reconnecting…" if error else ""))
             banner.set_class(bool(error), "-visible")
 
     def on_screen_resume(self) -> None:
@@ -94,15 +96,16 @@ class HaosqScreen(Screen[None]):
                 if is_connection_error(exc):
                     app.call_from_thread(app.report_failure, exc)
                 else:
-                    app.call_from_thread(app.notify, str(exc), severity="error", timeout=6)
+                    app.call_from_thread(app.notify, shown_exception(exc), severity="error",
+                                         timeout=6, markup=False)
                 return
             except Exception as exc:
                 app.call_from_thread(app.report_failure, exc)
                 if not is_connection_error(exc):
-                    app.call_from_thread(app.notify, str(exc).strip() or type(exc).__name__,
-                                         title="Action failed", severity="error", timeout=8)
+                    app.call_from_thread(app.notify, shown_exception(exc), title="Action failed",
+                                         severity="error", timeout=8, markup=False)
                 return
-            app.call_from_thread(app.notify, done(result), timeout=4)
+            app.call_from_thread(app.notify, visible(done(result)), timeout=4, markup=False)
             if after is not None:
                 app.call_from_thread(after)
             app.call_from_thread(app.request_refresh, True)

@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from haosq.tui.format import plain
+
 
 class ConfirmScreen(ModalScreen[bool]):
     BINDINGS = [
@@ -23,7 +25,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-dialog"):
-            yield Static(self.question, id="confirm-question")
+            yield Static(plain(self.question, one_line=False), id="confirm-question")
             with Horizontal(id="confirm-buttons"):
                 yield Button(f"{self.confirm_label} (y)", id="yes",
                              variant="error" if self.danger else "primary")

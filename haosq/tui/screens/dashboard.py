@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from haosq.durations import format_duration
 from haosq.tui.data import Activity, Dashboard, type_rows
-from haosq.tui.format import count, percent
+from haosq.tui.format import count, percent, plain
 from haosq.tui.screens.base import HaosqScreen
 from haosq.tui.widgets.status_counts import StatusCounts
 
@@ -96,7 +96,7 @@ class DashboardScreen(HaosqScreen):
             rate_style = ("" if rate is None else "green" if rate >= 0.99
                           else "yellow" if rate >= 0.9 else "red")
             rows.append((row.type, (
-                Text(row.type),
+                plain(row.type),
                 Text(count(row.counts.get("pending", 0))),
                 Text(count(row.counts.get("processing", 0))),
                 Text(count(row.counts.get("completed", 0))),

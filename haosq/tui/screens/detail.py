@@ -13,10 +13,20 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Header, RichLog, Static
 
+from haosq.db.lenient import OutOfRangeTime
 from haosq.durations import format_duration
 from haosq.models import Job, JobLog, JobStatus
 from haosq.secrets import mask_text, mask_value
-from haosq.tui.format import LEVEL_STYLE, STATUS_STYLE, age, json_view, local_time
+from haosq.tui.format import (
+    LEVEL_STYLE,
+    STATUS_STYLE,
+    age,
+    json_view,
+    local_time,
+    plain,
+    shown_error,
+    visible,
+)
 from haosq.tui.screens.base import HaosqScreen
 from haosq.tui.screens.confirm import ConfirmScreen
 from haosq.tui.screens.jobs import job_status
@@ -40,7 +50,7 @@ def attempt_history(job: Job, logs: list[JobLog]) -> Table:
                                  key=lambda e: e.attempt):
         entries = list(group)
         last_error = next((e for e in reversed(entries) if e.level == "error"), None)
-        outcome = (Text(mask_text(last_error.message).splitlines()[0], style="red") if last_error
+        outcome = (plain(shown_error(last_error.message, first_line=True), "red") if last_error
                    else Text("running", style="yellow")
                    if number == job.attempts and job.status is JobStatus.PROCESSING
                    else Text("ok", style="green")
@@ -112,12 +122,12 @@ class JobDetailScreen(HaosqScreen):
         job, now = data.job, self.haosq.clock.now()
         status = job_status(job, now)
         self.title = f"Job {job.id}"
-        self.sub_title = f"{job.type} · {status}"
+        self.sub_title = visible(f"{job.type} · {status}", one_line=True)
         self.query_one("#detail-fields", Static).update(self._fields(job, status))
         self.query_one("#detail-payload", Static).update(json_view(job.payload))
         self.query_one("#detail-result", Static).update(json_view(job.result))
         error = self.query_one("#detail-error", Static)
-        error.update(Text(mask_text(job.error), style="red") if job.error else Text("none", style="dim"))
+        error.update(Text(shown_error(job.error), style="red") if job.error else Text("none", style="dim"))
         error.set_class(bool(job.error), "-has-error")
         self.query_one("#detail-attempts", Static).update(attempt_history(job, self.logs))
         log = self.query_one("#detail-logs", RichLog)
@@ -135,21 +145,24 @@ class JobDetailScreen(HaosqScreen):
             grid.add_column(style="dim", no_wrap=True)
             grid.add_column(no_wrap=False, ratio=1)
         duration = (format_duration((job.completed_at - job.started_at).total_seconds())
-                    if job.completed_at and job.started_at else "-")
+                    if job.completed_at and job.started_at
+                    and not isinstance(job.completed_at, OutOfRangeTime)
+                    and not isinstance(job.started_at, OutOfRangeTime) else "-")
         pairs = [
-            ("id", Text(str(job.id), style="bold")), ("type", Text(job.type, style="bold")),
-            ("status", Text(status, style=STATUS_STYLE.get(status, ""))), ("priority", str(job.priority)),
-            ("attempts", f"{job.attempts} of {job.max_attempts or 'default'}"),
-            ("tags", " ".join(job.tags) or "-"),
-            ("created", local_time(job.created_at)), ("created by", job.created_by or "-"),
-            ("scheduled", local_time(job.scheduled_at)), ("due", f"{local_time(job.due_at)}"),
-            ("started", local_time(job.started_at)), ("finished", local_time(job.completed_at)),
-            ("duration", duration),
-            ("updated", f"{local_time(job.updated_at)} ({age(now, job.updated_at)} ago)"),
-            ("retry at", local_time(job.retry_at)),
-            ("timeout", format_duration(job.timeout_seconds) if job.timeout_seconds else "default"),
-            ("worker", f"{job.worker_id or '-'}" + (f" pid {job.worker_pid}" if job.worker_pid else "")),
-            ("cancel requested", local_time(job.cancel_requested_at)),
+            ("id", plain(job.id, "bold")), ("type", plain(job.type, "bold")),
+            ("status", plain(status, STATUS_STYLE.get(status, ""))), ("priority", plain(job.priority)),
+            ("attempts", plain(f"{job.attempts} of {job.max_attempts or 'default'}")),
+            ("tags", plain(" ".join(job.tags) or "-")),
+            ("created", plain(local_time(job.created_at))), ("created by", plain(job.created_by)),
+            ("scheduled", plain(local_time(job.scheduled_at))), ("due", plain(local_time(job.due_at))),
+            ("started", plain(local_time(job.started_at))), ("finished", plain(local_time(job.completed_at))),
+            ("duration", plain(duration)),
+            ("updated", plain(f"{local_time(job.updated_at)} ({age(now, job.updated_at, ago=' ago')})")),
+            ("retry at", plain(local_time(job.retry_at))),
+            ("timeout", plain(format_duration(job.timeout_seconds) if job.timeout_seconds else "default")),
+            ("worker", plain(f"{job.worker_id or '-'}"
+                             + (f" pid {job.worker_pid}" if job.worker_pid else ""))),
+            ("cancel requested", plain(local_time(job.cancel_requested_at))),
         ]
         for index in range(0, len(pairs), 2):
             (k1, v1), (k2, v2) = pairs[index], pairs[index + 1]
@@ -162,11 +175,12 @@ class JobDetailScreen(HaosqScreen):
             (local_time(entry.created_at, with_date=False), "dim"), " ",
             (f"{entry.level:<5}", LEVEL_STYLE.get(entry.level, "")), " ",
             (f"[{entry.attempt}] " if entry.attempt is not None else "", "dim"),
-            mask_text(entry.message),
+            visible(mask_text(entry.message)),
         )
         if entry.metadata:
             shown = mask_value(entry.metadata)
-            line.append(" " + " ".join(f"{k}={v}" for k, v in shown.items()), style="dim")
+            pairs = shown.items() if isinstance(shown, dict) else [("metadata", shown)]
+            line.append(visible(" " + " ".join(f"{k}={v}" for k, v in pairs)), style="dim")
         return line
 
     # -- actions -----------------------------------------------------------------------

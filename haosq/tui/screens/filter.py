@@ -13,6 +13,7 @@ from haosq.db.queries.jobs import JobFilter
 from haosq.errors import InvalidJob
 from haosq.queue import JobQueue
 from haosq.tui.data import STATUSES
+from haosq.tui.format import plain
 
 
 def build_filter(status: str | None, type_text: str, tag: str, search: str) -> JobFilter:
@@ -87,7 +88,7 @@ class FilterScreen(ModalScreen[JobFilter | None]):
             )
         except InvalidJob as exc:
             error = self.query_one("#filter-error", Static)
-            error.update(str(exc))
+            error.update(plain(str(exc)))
             error.add_class("-visible")
             return
         self.dismiss(job_filter)

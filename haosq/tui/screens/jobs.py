@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from haosq.db.queries.jobs import JobFilter
 from haosq.models import Job
-from haosq.tui.format import STATUS_STYLE, local_time
+from haosq.tui.format import STATUS_STYLE, local_time, plain, shown_error
 from haosq.tui.screens.base import HaosqScreen
 from haosq.tui.screens.confirm import ConfirmScreen
 from haosq.tui.screens.filter import FilterScreen, describe_filter
@@ -157,16 +157,16 @@ class JobsScreen(HaosqScreen):
 
     def _cells(self, job: Job, now: datetime) -> list[str | Text]:
         status = job_status(job, now)
-        info = Text(job.error.splitlines()[0] if job.error else "", style="red") if job.error else Text(
-            " ".join(f"#{t}" for t in job.tags), style="dim")
+        info = (plain(shown_error(job.error, first_line=True), "red") if job.error
+                else plain(" ".join(f"#{t}" for t in job.tags), "dim"))
         return [
             Text("●", style="bold magenta") if job.id in self.selected else Text(" "),
-            Text(str(job.id), style="bold"),
-            job.type,
-            Text(status, style=STATUS_STYLE.get(status, "")),
-            str(job.priority),
-            f"{job.attempts}/{job.max_attempts or '-'}",
-            local_time(job.created_at).removeprefix(f"{now.astimezone():%Y}-"),
+            plain(job.id, "bold"),
+            plain(job.type),
+            plain(status, STATUS_STYLE.get(status, "")),
+            plain(job.priority),
+            plain(f"{job.attempts}/{job.max_attempts or '-'}"),
+            plain(local_time(job.created_at).removeprefix(f"{now.astimezone():%Y}-")),
             info,
         ]
 
@@ -205,7 +205,7 @@ class JobsScreen(HaosqScreen):
             parts.append(f"{len(self.selected)} selected")
         if paused:
             parts.append("live paused (g: back to top)")
-        self.query_one("#jobs-status", Static).update(" · ".join(parts))
+        self.query_one("#jobs-status", Static).update(plain(" · ".join(parts)))
 
     def _cursor_id(self) -> int | None:
         table = self.table
@@ -346,7 +346,8 @@ class JobsScreen(HaosqScreen):
 
         def ask(total: int) -> None:
             if total == 0:
-                self.app.notify(f"No {eligible} jobs match {describe_filter(job_filter)}", timeout=4)
+                self.app.notify(f"No {eligible} jobs match {describe_filter(job_filter)}", timeout=4,
+                                markup=False)
                 return
             self._confirm(
                 f"{verb} all {total:,} {eligible} job{'s' if total != 1 else ''} matching "
@@ -367,7 +368,7 @@ class JobsScreen(HaosqScreen):
 
         def done(job: Job | None) -> None:
             if job is not None:
-                self.app.notify(f"Enqueued job {job.id} ({job.type})", timeout=4)
+                self.app.notify(f"Enqueued job {job.id} ({job.type})", timeout=4, markup=False)
                 self.action_reload()
 
         self._with_types(lambda types: self.app.push_screen(NewJobScreen(types), done))

@@ -24,6 +24,7 @@ from haosq.queue import (
     validate_type,
 )
 from haosq.tui.data import NewJobRequest
+from haosq.tui.format import plain, shown_exception
 
 if TYPE_CHECKING:
     from haosq.tui.app import HaosqApp
@@ -155,7 +156,7 @@ class NewJobScreen(Screen[Job | None]):
                                         self.haosq.source.settings["max_payload_bytes"])
         for name in FIELDS:
             error = self.query_one(f"#error-{name}", Static)
-            error.update(errors.get(name, ""))
+            error.update(plain(errors.get(name, "")))
             error.set_class(name in errors, "-visible")
             widget = self.query_one(f"#field-{name}")
             widget.set_class(name in errors, "-invalid")
@@ -166,8 +167,8 @@ class NewJobScreen(Screen[Job | None]):
             text = event.value.strip()
             hint = self.query_one("#type-hint", Static)
             unknown = bool(text) and ":" in text and text not in self.types
-            hint.update(f"no handler for {text} is registered here; a worker elsewhere may run it"
-                        if unknown else "")
+            hint.update(plain(f"no handler for {text} is registered here; a worker elsewhere may run it"
+                              if unknown else ""))
             hint.set_class(unknown, "-visible")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -193,7 +194,8 @@ class NewJobScreen(Screen[Job | None]):
             try:
                 job = source.add(request)
             except Exception as exc:
-                app.call_from_thread(app.notify, str(exc), title="Not enqueued", severity="error")
+                app.call_from_thread(app.notify, shown_exception(exc), title="Not enqueued",
+                                     severity="error", markup=False)
                 return
             app.call_from_thread(self.dismiss, job)
 

@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from haosq.tui.format import STATUS_STYLE, age, local_time
+from haosq.tui.format import STATUS_STYLE, age, local_time, plain
 from haosq.tui.screens.base import HaosqScreen
 from haosq.tui.screens.confirm import ConfirmScreen
 
@@ -59,21 +59,21 @@ class SchedulesScreen(HaosqScreen):
             outcome = item.last_outcome or "-"
             last_job = f"{item.last_job_id} " if item.last_job_id else ""
             table.add_row(
-                Text(item.name, style="bold" if item.enabled else "dim"),
-                item.type,
-                item.every,
+                plain(item.name, "bold" if item.enabled else "dim"),
+                plain(item.type),
+                plain(item.every),
                 Text("yes", style="green") if item.enabled else Text("no", style="bright_black"),
-                short(item.next_due_at) if item.enabled else Text("disabled", style="dim"),
-                age(now, item.next_due_at).removeprefix("in ") if item.enabled else "-",
-                short(item.last_due_at),
-                Text(f"{last_job}{outcome}", style=STATUS_STYLE.get(outcome, "")),
+                plain(short(item.next_due_at)) if item.enabled else Text("disabled", style="dim"),
+                plain(age(now, item.next_due_at).removeprefix("in ") if item.enabled else "-"),
+                plain(short(item.last_due_at)),
+                plain(f"{last_job}{outcome}", STATUS_STYLE.get(outcome, "")),
                 key=item.name,
             )
         if table.row_count:
             table.move_cursor(row=min(max(cursor, 0), table.row_count - 1), animate=False)
         enabled = sum(1 for s in schedules if s.enabled)
-        self.query_one("#schedules-status", Static).update(
-            f"{len(schedules)} schedules · {enabled} enabled · times in local time")
+        self.query_one("#schedules-status", Static).update(plain(
+            f"{len(schedules)} schedules · {enabled} enabled · times in local time"))
 
     def _current(self) -> Any | None:
         table = self.query_one("#schedules-table", DataTable)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
 from haosq.durations import format_duration
 from haosq.tui.data import WorkersView
-from haosq.tui.format import age, count
+from haosq.tui.format import age, count, plain
 from haosq.tui.screens.base import HaosqScreen
 from haosq.tui.screens.confirm import ConfirmScreen
 
@@ -51,26 +50,26 @@ class WorkersScreen(HaosqScreen):
             jobs = view.current_jobs.get(worker.token, [])
             heartbeat = age(view.now, worker.last_heartbeat)
             table.add_row(
-                Text(worker.worker_id, style="bold" if worker.status == "active" else "dim"),
-                Text(status, style="bold red" if stale else STATUS_STYLE.get(worker.status, "")),
-                Text(heartbeat, style="bold red reverse" if stale else ""),
-                f"{len(jobs)}/{worker.concurrency}",
-                " ".join(str(j) for j in jobs) or "-",
-                worker.hostname,
-                str(worker.pid),
-                ",".join(worker.job_types) or "all",
-                count(worker.jobs_processed),
-                count(worker.jobs_succeeded),
-                Text(count(worker.jobs_failed), style="red" if worker.jobs_failed else ""),
+                plain(worker.worker_id, "bold" if worker.status == "active" else "dim"),
+                plain(status, "bold red" if stale else STATUS_STYLE.get(worker.status, "")),
+                plain(heartbeat, "bold red reverse" if stale else ""),
+                plain(f"{len(jobs)}/{worker.concurrency}"),
+                plain(" ".join(str(j) for j in jobs) or "-"),
+                plain(worker.hostname),
+                plain(worker.pid),
+                plain(",".join(worker.job_types) or "all"),
+                plain(count(worker.jobs_processed)),
+                plain(count(worker.jobs_succeeded)),
+                plain(count(worker.jobs_failed), "red" if worker.jobs_failed else ""),
                 key=worker.token,
             )
         if table.row_count:
             table.move_cursor(row=min(max(cursor, 0), table.row_count - 1), animate=False)
         alive = sum(1 for w in view.workers if w.status in ("active", "stopping") and not view.is_stale(w))
-        self.query_one("#workers-status", Static).update(
+        self.query_one("#workers-status", Static).update(plain(
             f"{alive} alive · {stale_count} stale · {len(view.workers)} listed · "
             f"stale after {format_duration(view.stale_after.total_seconds())} without a heartbeat"
-        )
+        ))
 
     def action_cleanup_workers(self) -> None:
         source = self.haosq.source
